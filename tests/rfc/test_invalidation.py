@@ -1,0 +1,71 @@
+"""RFC 9111 §4.4 invalidation by unsafe methods, and surrogate-key purges."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.rfc.origin import Answer, Harness, is_hit
+
+CACHED = Answer(headers={"cache-control": "max-age=100"})
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH"])
+async def test_unsafe_method_invalidates_the_target_uri(cache: Harness, method: str) -> None:
+    cache.script("/doc", CACHED)
+    await cache.get("/doc")
+    assert is_hit(await cache.get("/doc"))
+    response = await cache.request(method, "/doc")
+    assert response.headers["cache-status"] == "tiercache; fwd=method"
+    assert not is_hit(await cache.get("/doc"))
+
+
+async def test_location_and_content_location_are_invalidated(cache: Harness) -> None:
+    """§4.4: same-origin Location and Content-Location are invalidated too."""
+    for path in ("/a", "/b", "/c"):
+        cache.script(path, CACHED)
+        await cache.get(path)
+    cache.script(
+        "/a",
+        Answer(
+            201,
+            {"location": "/b", "content-location": "http://elsewhere.test/c"},
+            b"created",
+        ),
+    )
+    await cache.request("POST", "/a")
+    assert not is_hit(await cache.get("/b"))
+    cache.script("/c", CACHED)
+    assert is_hit(await cache.get("/c")), "another origin's URL is left alone"
+
+
+async def test_error_response_does_not_invalidate(cache: Harness) -> None:
+    cache.script("/keep", CACHED)
+    await cache.get("/keep")
+    cache.script("/keep", Answer(500, {}, b"failed"))
+    await cache.request("POST", "/keep")
+    assert is_hit(await cache.get("/keep"))
+
+
+async def test_surrogate_keys_tag_entries_for_purge(cache: Harness) -> None:
+    cache.script(
+        "/s1", Answer(headers={"cache-control": "max-age=100", "surrogate-key": "prod-1 all"})
+    )
+    cache.script("/s2", Answer(headers={"cache-control": "max-age=100", "cache-tag": "prod-2,all"}))
+    first = await cache.get("/s1")
+    assert "surrogate-key" not in first.headers, "stripped before the client sees it"
+    await cache.get("/s2")
+    assert await cache.cache.purge(tags={"surrogate-key": "prod-1"}) == 1
+    assert not is_hit(await cache.get("/s1"))
+    assert is_hit(await cache.get("/s2"))
+    assert await cache.cache.purge(tags={"surrogate-key": "all"}) == 2
+
+
+async def test_surrogate_keys_exposed_when_configured(tmp_path: Path) -> None:
+    harness = Harness(tmp_path, http={"expose_surrogate_keys": True})
+    try:
+        harness.script("/k", Answer(headers={"cache-control": "max-age=9", "surrogate-key": "k"}))
+        assert (await harness.get("/k")).headers["surrogate-key"] == "k"
+    finally:
+        await harness.close()

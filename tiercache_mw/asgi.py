@@ -1,0 +1,275 @@
+"""CacheMiddleware: the tiered response cache as pure ASGI middleware.
+
+A hot hit is answered in `__call__` from RAM without awaiting anything but `send`. Everything
+else follows `HttpCache`'s steps: look up (cold and dry tiers run on the cache's own loop),
+reuse or forward to the app, tee the streamed body into the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from tiercache_mw.engine import (
+    Action,
+    ConfigSource,
+    Exchange,
+    HttpCache,
+    Reply,
+    RequestView,
+    ResponseDecision,
+    ResponsePlan,
+    build_cache,
+)
+from tiercache_mw.store.cache import TierCache
+
+__all__ = ["CacheMiddleware"]
+
+logger = logging.getLogger("tiercache_mw")
+
+
+def request_view(scope: Scope) -> RequestView:
+    headers: list[tuple[bytes, bytes]] = scope["headers"]
+    host = ""
+    for name, value in headers:
+        if name == b"host":
+            host = value.decode("latin-1")
+            break
+    else:
+        server = scope.get("server")
+        if server:
+            host = f"{server[0]}:{server[1]}" if server[1] is not None else str(server[0])
+    raw_path = scope.get("raw_path")
+    path = raw_path.decode("latin-1") if raw_path else scope["path"]
+    return RequestView(
+        method=scope["method"],
+        scheme=scope.get("scheme", "http"),
+        host=host,
+        path=scope["path"],
+        raw_path=path.partition("?")[0],
+        query=scope.get("query_string", b"").decode("latin-1"),
+        headers=headers,
+    )
+
+
+class CacheMiddleware:
+    def __init__(
+        self, app: ASGIApp, *, cache: TierCache | None = None, config: ConfigSource = None
+    ) -> None:
+        self.app = app
+        self.cache = build_cache(cache, config)
+        self.engine = HttpCache(self.cache)
+        self._inflight: dict[str, asyncio.Future[None]] = {}
+        self._refreshing: set[str] = set()
+        self._background: set[asyncio.Task[None]] = set()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            request = request_view(scope)
+            if request.method in ("GET", "HEAD"):
+                reply = self.engine.hot_reply(request)
+                if reply is not None:
+                    await _send_reply(send, reply)
+                    return
+            await self._handle(request, scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+    # ---- lifespan ----------------------------------------------------------------------
+    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Start the cache with the app and close it after the app has shut down."""
+
+        async def receive_and_start() -> Message:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await self.cache.start()
+            return message
+
+        async def send_and_close(message: Message) -> None:
+            if message["type"] == "lifespan.shutdown.complete":
+                await self.close()
+            await send(message)
+
+        await self.app(scope, receive_and_start, send_and_close)
+
+    async def close(self) -> None:
+        """Wait for background refreshes, then close the cache (persisting RAM to dry)."""
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+        await self.cache.close()
+
+    # ---- the full path ---------------------------------------------------------------------
+    async def _handle(
+        self, request: RequestView, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        engine = self.engine
+        exchange = engine.plan(request)
+        if not exchange.cacheable:
+            await self._forward(exchange, scope, receive, send)
+            return
+        await self._find(exchange)
+        action = engine.reuse(exchange, engine.clock())
+        if action is Action.FORWARD:
+            await self._forward_collapsed(exchange, scope, receive, send)
+        elif action is Action.SERVE:
+            await _send_reply(send, engine.hit_reply(exchange, engine.clock()))
+        elif action is Action.SERVE_AND_REFRESH:
+            await _send_reply(send, engine.hit_reply(exchange, engine.clock()))
+            self._refresh_in_background(exchange, scope)
+        else:
+            await _send_reply(send, engine.gateway_timeout(exchange))
+
+    async def _find(self, exchange: Exchange) -> None:
+        variant = self.engine.resolve(exchange, await self.cache.lookup(exchange.key))
+        if variant is not None:
+            self.engine.resolve(exchange, await self.cache.lookup(variant))
+
+    async def _forward_collapsed(
+        self, exchange: Exchange, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        """Concurrent forwards for one key make one call to the app; the others wait for it
+        and are answered from what it stored, or go to the app themselves if it stored nothing.
+        """
+        if exchange.request.method != "GET":
+            await self._forward(exchange, scope, receive, send)  # a HEAD stores nothing to share
+            return
+        key = exchange.key
+        leader = self._inflight.get(key)
+        if leader is not None:
+            if await self._wait_for(leader) and await self._answer_collapsed(exchange, send):
+                return
+            await self._forward(exchange, scope, receive, send)
+            return
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = done
+        try:
+            await self._forward(exchange, scope, receive, send)
+        finally:
+            del self._inflight[key]
+            done.set_result(None)
+
+    async def _wait_for(self, leader: asyncio.Future[None]) -> bool:
+        try:
+            await asyncio.wait_for(
+                asyncio.shield(leader), self.engine.http.collapse_timeout_seconds
+            )
+        except TimeoutError:
+            return False
+        return True
+
+    async def _answer_collapsed(self, exchange: Exchange, send: Send) -> bool:
+        retry = self.engine.plan(exchange.request)
+        await self._find(retry)
+        if retry.entry is None or retry.entry is exchange.entry:
+            return False
+        if self.engine.reuse(retry, self.engine.clock()) is not Action.SERVE:
+            return False
+        retry.fwd = exchange.fwd
+        await _send_reply(send, self.engine.collapsed_reply(retry, self.engine.clock()))
+        return True
+
+    async def _forward(
+        self, exchange: Exchange, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        engine = self.engine
+        if exchange.forward_headers is not None:
+            scope = {**scope, "headers": exchange.forward_headers}
+        max_bytes = engine.http.max_entry_bytes
+        decision: ResponseDecision | None = None
+        response_status = 0
+        response_headers: list[tuple[bytes, bytes]] = []
+        parts: list[bytes] = []
+        kept = 0
+        storing = False
+
+        async def send_through_cache(message: Message) -> None:
+            nonlocal decision, response_status, response_headers, kept, storing
+            kind = message["type"]
+            if kind == "http.response.start":
+                response_status = message["status"]
+                response_headers = list(message.get("headers", ()))
+                decision = engine.on_response(exchange, response_status, response_headers)
+                if decision.plan is ResponsePlan.SERVE_STORED:
+                    assert decision.reply is not None
+                    await _send_reply(send, decision.reply)
+                    return
+                storing = decision.plan is ResponsePlan.STORE
+                await send({**message, "headers": decision.headers})
+            elif kind == "http.response.body":
+                if decision is not None and decision.plan is ResponsePlan.SERVE_STORED:
+                    return  # the app's answer was replaced; drain it quietly
+                if storing:
+                    chunk = message.get("body", b"")
+                    kept += len(chunk)
+                    if kept > max_bytes:
+                        storing = False  # too large: stream the rest through, keep nothing
+                        parts.clear()
+                    else:
+                        parts.append(chunk)
+                await send(message)
+                if storing and not message.get("more_body", False):
+                    assert decision is not None
+                    for entry in engine.finish(exchange, decision, b"".join(parts)):
+                        self.cache.put(entry)
+            else:
+                storing = False  # trailers or pathsend: not a body we can keep whole
+                if decision is None or decision.plan is not ResponsePlan.SERVE_STORED:
+                    await send(message)
+
+        exchange.request_time = self.engine.clock()
+        try:
+            await self.app(scope, receive, send_through_cache)
+        except Exception:
+            if decision is not None:
+                raise
+            reply = engine.stale_on_exception(exchange)
+            if reply is None:
+                raise
+            logger.warning("app raised; served stale for %s", exchange.url, exc_info=True)
+            await _send_reply(send, reply)
+            return
+        urls = engine.invalidations(exchange, response_status, response_headers)
+        for url in urls:
+            await self.cache.purge(url=url)
+
+    # ---- stale-while-revalidate --------------------------------------------------------------
+    def _refresh_in_background(self, exchange: Exchange, scope: Scope) -> None:
+        """One background refresh per key (RFC 5861 §3); the client already has its answer."""
+        if exchange.key in self._refreshing or exchange.key in self._inflight:
+            return
+        refresh = self.engine.refresh_exchange(exchange)
+        self._refreshing.add(exchange.key)
+        task = asyncio.get_running_loop().create_task(self._refresh(refresh, scope))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _refresh(self, exchange: Exchange, scope: Scope) -> None:
+        finished = asyncio.Event()
+
+        async def receive() -> Message:
+            if not finished.is_set():
+                finished.set()
+                return {"type": "http.request", "body": b"", "more_body": False}
+            await asyncio.Event().wait()  # no client: never disconnects before we finish
+            return {"type": "http.disconnect"}
+
+        async def discard(message: Message) -> None:
+            return None
+
+        refresh_scope = {**scope, "method": "GET"}
+        try:
+            await self._forward_collapsed(exchange, refresh_scope, receive, discard)
+        except Exception:
+            logger.warning("background refresh failed for %s", exchange.url, exc_info=True)
+        finally:
+            self._refreshing.discard(exchange.key)
+
+
+async def _send_reply(send: Send, reply: Reply) -> None:
+    await send({"type": "http.response.start", "status": reply.status, "headers": reply.headers})
+    await send({"type": "http.response.body", "body": reply.body})

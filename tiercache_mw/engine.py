@@ -1,0 +1,578 @@
+"""The request flow the ASGI and WSGI adapters share, with the I/O left to them.
+
+The adapters turn a scope or an environ into a `RequestView`, then ask this module what to do
+at each step: `plan` (may this request use the cache?), `resolve` (which entry answers it, with
+Vary), `reuse` (serve, serve and refresh, or validate with the app), `on_response` (what to do
+with the app's response head), `finish` (store the body). Every HTTP decision is delegated to
+the pure functions in `tiercache_mw.http`; the store is `TierCache`'s entry API.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tiercache_mw.config import Config, TtlRule, load_config
+from tiercache_mw.http.cache_control import (
+    RequestCacheControl,
+    ResponseCacheControl,
+    request_cache_control,
+    response_cache_control,
+)
+from tiercache_mw.http.cache_status import cache_status
+from tiercache_mw.http.conditional import (
+    freshen,
+    not_modified,
+    not_modified_headers,
+    validation_headers,
+    validator_matches,
+)
+from tiercache_mw.http.freshness import current_age, initial_age
+from tiercache_mw.http.headers import get_header
+from tiercache_mw.http.invalidation import UNSAFE_METHODS, invalidation_urls
+from tiercache_mw.http.key import primary_key, url_for, vary_key
+from tiercache_mw.http.response import build_stored_response, client_headers, surrogate_tags
+from tiercache_mw.http.reuse import Reuse, decide_reuse, may_serve_stale_on_error
+from tiercache_mw.http.storability import decide_store
+from tiercache_mw.rules import RouteTable, TtlRules
+from tiercache_mw.store.cache import TierCache
+from tiercache_mw.store.entry import Entry, StoredResponse, Tags
+
+__all__ = [
+    "Action",
+    "ConfigSource",
+    "Exchange",
+    "HttpCache",
+    "Reply",
+    "RequestView",
+    "ResponsePlan",
+    "build_cache",
+]
+
+logger = logging.getLogger("tiercache_mw")
+
+Headers = list[tuple[bytes, bytes]]
+
+# A Vary'd URL keeps this marker under its primary key; the variants live under secondary keys.
+VARY_MARKER = "tiercache-vary"
+URL_TAG = "url"
+_CACHEABLE_METHODS = frozenset({"GET", "HEAD"})
+_EMPTY_REQUEST_CC = RequestCacheControl(
+    max_age=None, max_stale=None, min_fresh=None, no_cache=False, no_store=False,
+    only_if_cached=False,
+)  # fmt: skip
+
+
+@dataclass(slots=True)
+class RequestView:
+    """The parts of a request the cache reads. Header names are lowercase bytes."""
+
+    method: str
+    scheme: str
+    host: str
+    path: str  # decoded, for route patterns
+    raw_path: str  # as sent, for the key: /a%2Fb and /a/b are different resources
+    query: str
+    headers: Headers
+
+
+class Action(enum.Enum):
+    FORWARD = "forward"  # call the app; the Exchange says whether and how to store
+    SERVE = "serve"  # answer from the entry
+    SERVE_AND_REFRESH = "serve-and-refresh"  # stale-while-revalidate
+    GATEWAY_TIMEOUT = "gateway-timeout"  # only-if-cached with nothing usable (§5.2.1.7)
+
+
+@dataclass(slots=True)
+class Exchange:
+    """One request's state between the adapter's steps."""
+
+    request: RequestView
+    fwd: str  # the Cache-Status fwd value if this goes to the app
+    cacheable: bool  # GET/HEAD on a cached route
+    key: str = ""  # where the entry lives (primary key, or the variant key)
+    primary: str = ""
+    url: str = ""
+    route_tags: Tags = ()
+    req_cc: RequestCacheControl = _EMPTY_REQUEST_CC
+    entry: Entry | None = None  # the entry found, fresh or stale
+    tier: str = ""
+    validating: bool = False  # the forwarded request carries our validators
+    collapsed: bool = False
+    request_time: float = 0.0
+    forward_headers: Headers | None = None  # request headers to send instead of the client's
+
+
+@dataclass(slots=True)
+class Reply:
+    """A response the cache answers with by itself."""
+
+    status: int
+    headers: Headers
+    body: bytes
+
+
+class ResponsePlan(enum.Enum):
+    PASS = "pass"  # send the app's response, do not store
+    STORE = "store"  # send it and keep the body for the store
+    SERVE_STORED = "serve-stored"  # drop the app's response, send `reply` instead
+
+
+@dataclass(slots=True)
+class ResponseDecision:
+    plan: ResponsePlan
+    headers: Headers  # for PASS/STORE: what the client gets
+    reply: Reply | None = None
+    stored: StoredResponse | None = None  # for STORE: the response, body still to come
+    tags: Tags = ()
+    rule: TtlRule | None = None
+    vary: tuple[str, ...] = field(default=())
+
+
+ConfigSource = str | Path | Config | dict[str, Any] | None
+
+
+def build_cache(cache: TierCache | None, config: ConfigSource) -> TierCache:
+    """The TierCache a middleware uses: the one given, or one built from `config`."""
+    if cache is not None:
+        if config is not None:
+            raise TypeError("pass either cache= or config=, not both")
+        return cache
+    if isinstance(config, Config):
+        return TierCache(config)
+    return TierCache(load_config(config))
+
+
+class HttpCache:
+    """Binds a TierCache, the route and TTL rules and the RFC 9111 policy."""
+
+    def __init__(self, cache: TierCache, *, clock: Callable[[], float] = time.time) -> None:
+        self.cache = cache
+        # Wall-clock source for every freshness decision; tests inject a fake one.
+        self.clock = clock
+        config = cache.config
+        self.http = config.http
+        self.name = config.http.cache_name
+        self.routes = RouteTable.from_config(config)
+        self.ttl_rules = TtlRules.from_config(config)
+        self._hit_prefix = f"{self.name}; hit; ttl=".encode("latin-1")
+
+    # ---- the fast path ------------------------------------------------------------------
+    def hot_reply(self, request: RequestView) -> Reply | None:
+        """Serve a plain fresh hot hit without building an Exchange, or None for the full path.
+
+        Only for requests without directives or conditions of their own (the common case);
+        the full path through `plan`/`resolve`/`reuse` gives the same answer for them.
+        """
+        for name, _ in request.headers:
+            if name in _FAST_PATH_BLOCKERS:
+                return None
+        key = primary_key(
+            request.method, request.scheme, request.host, request.raw_path, request.query
+        )
+        entry = self.cache.get_hot(key)
+        if entry is None:
+            return None
+        stored = entry.value
+        if not isinstance(stored, StoredResponse) or stored.requires_validation:
+            return None
+        route = self.routes.match(request.path)
+        if route is not None and not route.cache:
+            return None
+        # Same arithmetic as http.freshness.current_age, inlined: this is the hot path.
+        age = stored.initial_age + (self.clock() - stored.response_time)
+        ttl = stored.freshness_lifetime - age
+        if ttl <= 0:
+            return None
+        headers = stored.headers.copy()
+        headers.append((b"age", str(int(age)).encode()))
+        status_value = self._hit_prefix + str(int(ttl)).encode() + b"; detail=hot"
+        headers.append((b"cache-status", status_value))
+        return Reply(stored.status, headers, b"" if request.method == "HEAD" else stored.body)
+
+    # ---- planning -----------------------------------------------------------------------
+    def plan(self, request: RequestView) -> Exchange:
+        method = request.method
+        url = url_for(request.scheme, request.host, request.raw_path, request.query)
+        if method not in _CACHEABLE_METHODS:
+            return Exchange(request, fwd="method", cacheable=False, url=url)
+        route = self.routes.match(request.path)
+        if route is not None and not route.cache:
+            return Exchange(request, fwd="bypass", cacheable=False, url=url)
+        primary = primary_key(method, request.scheme, request.host, request.raw_path, request.query)
+        return Exchange(
+            request,
+            fwd="uri-miss",
+            cacheable=True,
+            key=primary,
+            primary=primary,
+            url=url,
+            route_tags=route.tags if route is not None else (),
+            req_cc=request_cache_control(request.headers),
+        )
+
+    def resolve(self, exchange: Exchange, found: tuple[Entry, str] | None) -> str | None:
+        """Take the result of looking up `exchange.key`.
+
+        Returns a variant key to look up next (the URL varies), or None when done: then
+        `exchange.entry` is the answer or None for a miss.
+        """
+        if found is None:
+            return None
+        entry, tier = found
+        value = entry.value
+        if isinstance(value, StoredResponse):
+            exchange.entry, exchange.tier = entry, tier
+            return None
+        names = _vary_marker_names(value)
+        if names is None or exchange.key != exchange.primary:
+            return None  # a key/value entry under an HTTP key, or a marker where a variant was
+        variant = vary_key(exchange.primary, names, exchange.request.headers)
+        exchange.fwd = "vary-miss"
+        if variant is None:
+            return None
+        exchange.key = variant
+        return variant
+
+    def reuse(self, exchange: Exchange, now: float) -> Action:
+        """Decide how a found entry is used (RFC 9111 §4), filling the Exchange for a forward."""
+        entry = exchange.entry
+        if entry is None:
+            if exchange.req_cc.only_if_cached:
+                return Action.GATEWAY_TIMEOUT
+            return Action.FORWARD
+        stored: StoredResponse = entry.value
+        if exchange.req_cc.no_store:
+            exchange.fwd = "request"
+            return Action.FORWARD
+        decision = decide_reuse(stored, exchange.req_cc, now)
+        if decision.action in (Reuse.FRESH, Reuse.STALE_ALLOWED):
+            return Action.SERVE
+        if decision.action is Reuse.STALE_REVALIDATE:
+            return Action.SERVE_AND_REFRESH
+        if exchange.req_cc.only_if_cached:
+            return Action.GATEWAY_TIMEOUT
+        exchange.fwd = "request" if exchange.req_cc.no_cache else "stale"
+        self.prepare_validation(exchange, stored)
+        return Action.FORWARD
+
+    def prepare_validation(self, exchange: Exchange, stored: StoredResponse) -> None:
+        """Forward with our validators instead of the client's own conditions (§4.3.1)."""
+        validators = validation_headers(stored)
+        if not validators:
+            return
+        exchange.validating = True
+        kept = [(n, v) for n, v in exchange.request.headers if n not in _CONDITIONAL_FIELDS]
+        exchange.forward_headers = kept + validators
+
+    # ---- answering from the cache -------------------------------------------------------
+    def hit_reply(self, exchange: Exchange, now: float) -> Reply:
+        assert exchange.entry is not None
+        stored: StoredResponse = exchange.entry.value
+        age = current_age(stored, now)
+        status_value = cache_status(
+            self.name,
+            hit=True,
+            ttl=stored.freshness_lifetime - age,
+            detail=exchange.tier,
+            collapsed=exchange.collapsed,
+            key=exchange.key if self.http.debug_key else None,
+        )
+        return self._reply_from_stored(exchange, stored, age, status_value)
+
+    def collapsed_reply(self, exchange: Exchange, now: float) -> Reply:
+        """A request that waited for another's forward, answered from what that one stored."""
+        assert exchange.entry is not None
+        stored: StoredResponse = exchange.entry.value
+        status_value = cache_status(
+            self.name,
+            fwd=exchange.fwd,
+            fwd_status=stored.status,
+            collapsed=True,
+            key=self._debug_key(exchange),
+        )
+        return self._reply_from_stored(exchange, stored, current_age(stored, now), status_value)
+
+    def refresh_exchange(self, exchange: Exchange) -> Exchange:
+        """A GET with the entry's validators, for a background refresh of `exchange.key`."""
+        assert exchange.entry is not None
+        request = exchange.request
+        refresh = Exchange(
+            RequestView("GET", request.scheme, request.host, request.path, request.raw_path,
+                        request.query, request.headers),
+            fwd="stale",
+            cacheable=True,
+            key=exchange.key,
+            primary=exchange.primary,
+            url=exchange.url,
+            route_tags=exchange.route_tags,
+            entry=exchange.entry,
+            tier=exchange.tier,
+        )  # fmt: skip
+        self.prepare_validation(refresh, exchange.entry.value)
+        return refresh
+
+    def gateway_timeout(self, exchange: Exchange) -> Reply:
+        status_value = cache_status(self.name, fwd="miss", key=self._debug_key(exchange))
+        headers = [
+            (b"content-type", b"text/plain; charset=utf-8"),
+            (b"content-length", b"0"),
+            (b"cache-status", status_value),
+        ]
+        return Reply(504, headers, b"")
+
+    def _reply_from_stored(
+        self, exchange: Exchange, stored: StoredResponse, age: float, status_value: bytes
+    ) -> Reply:
+        request = exchange.request
+        age_header = (b"age", str(max(0, int(age))).encode())
+        if not_modified(request.headers, stored):
+            headers = not_modified_headers(stored)
+            headers += [age_header, (b"cache-status", status_value)]
+            return Reply(304, headers, b"")
+        headers = stored.headers.copy()
+        headers += [age_header, (b"cache-status", status_value)]
+        return Reply(stored.status, headers, b"" if request.method == "HEAD" else stored.body)
+
+    # ---- the app's response ------------------------------------------------------------------
+    def on_response(self, exchange: Exchange, status: int, headers: Headers) -> ResponseDecision:
+        """Decide what happens to the app's response once its status and headers are known."""
+        now = self.clock()
+        request = exchange.request
+        headers = [(name.lower(), value) for name, value in headers]
+        entry = exchange.entry
+        if entry is not None and status >= 500:
+            stored_for_error: StoredResponse = entry.value
+            if may_serve_stale_on_error(stored_for_error, exchange.req_cc, now):
+                return self._stale_on_error(exchange, status, now)
+        if not exchange.cacheable:
+            return self._pass(exchange, status, headers, now, fwd_status=False)
+        cc = response_cache_control(headers, targeted_field=self.http.targeted_cache_control)
+        tags = self._tags(exchange, headers)
+        rule = self.ttl_rules.for_tags(tags)
+        if status == 304 and entry is not None:
+            stored = entry.value
+            if validator_matches(stored, headers):
+                return self._freshened(exchange, stored, headers, cc, rule, tags, now)
+        if request.method == "HEAD":
+            self._freshen_from_head(exchange, status, headers, cc, rule, tags, now)
+            return self._pass(exchange, status, headers, now, fwd_status=entry is not None)
+        rule_ttl = rule.ttl_seconds if rule is not None else None
+        override = rule.override_origin if rule is not None else False
+        stored = build_stored_response(
+            status,
+            headers,
+            b"",
+            request_time=exchange.request_time,
+            response_time=now,
+            cc=cc,
+            rule_ttl=rule_ttl,
+            override_origin=override,
+            rule_swr=rule.stale_while_revalidate_seconds if rule is not None else None,
+            rule_sie=rule.stale_if_error_seconds if rule is not None else None,
+            http=self.http,
+        )
+        has_validator = stored.etag is not None or stored.last_modified is not None
+        verdict = decide_store(
+            request.method,
+            status,
+            request.headers,
+            headers,
+            cc,
+            req_cc=exchange.req_cc,
+            store_set_cookie=self.http.store_set_cookie,
+            has_freshness=stored.freshness_lifetime > 0 or has_validator,
+        )
+        too_large = _content_length(headers) > self.http.max_entry_bytes
+        if not verdict.store or too_large:
+            return self._pass(exchange, status, headers, now, fwd_status=entry is not None)
+        forwarded = client_headers(headers, self.http)
+        forwarded += self._own_headers(exchange, stored.initial_age, status, stored=True)
+        return ResponseDecision(
+            ResponsePlan.STORE, forwarded, stored=stored, tags=tags, rule=rule, vary=stored.vary
+        )
+
+    def finish(self, exchange: Exchange, decision: ResponseDecision, body: bytes) -> list[Entry]:
+        """The whole body of a STORE response has arrived: the entries to put into hot."""
+        stored = decision.stored
+        assert stored is not None
+        stored.body = body
+        residency = self.cache.residency_for(decision.tags, ttl_seconds=None)
+        entries: list[Entry] = []
+        key = exchange.primary
+        if decision.vary:
+            variant = vary_key(exchange.primary, decision.vary, exchange.request.headers)
+            if variant is None:
+                return []
+            marker = {VARY_MARKER: list(decision.vary)}
+            entries.append(self.cache.make_entry(key, marker, decision.tags, residency))
+            key = variant
+        entries.append(self.cache.make_entry(key, stored, decision.tags, residency))
+        return entries
+
+    def invalidations(self, exchange: Exchange, status: int, headers: Headers) -> list[str]:
+        """URLs an unsafe request invalidates (RFC 9111 §4.4)."""
+        if exchange.request.method not in UNSAFE_METHODS:
+            return []
+        lowered = [(name.lower(), value) for name, value in headers]
+        return invalidation_urls(exchange.request.method, status, exchange.url, lowered)
+
+    # ---- helpers --------------------------------------------------------------------------
+    def _tags(self, exchange: Exchange, headers: Headers) -> Tags:
+        return (*exchange.route_tags, *surrogate_tags(headers), (URL_TAG, exchange.url))
+
+    def _debug_key(self, exchange: Exchange) -> str | None:
+        return exchange.key if self.http.debug_key and exchange.key else None
+
+    def _own_headers(
+        self, exchange: Exchange, age: float, status: int, *, stored: bool, fwd_status: bool = True
+    ) -> Headers:
+        status_value = cache_status(
+            self.name,
+            fwd=exchange.fwd,
+            fwd_status=status if fwd_status and exchange.fwd != "uri-miss" else None,
+            stored=stored,
+            collapsed=exchange.collapsed,
+            key=self._debug_key(exchange),
+        )
+        return [(b"age", str(max(0, int(age))).encode()), (b"cache-status", status_value)]
+
+    def _pass(
+        self, exchange: Exchange, status: int, headers: Headers, now: float, *, fwd_status: bool
+    ) -> ResponseDecision:
+        age = initial_age(headers, request_time=exchange.request_time or now, response_time=now)
+        forwarded = client_headers(_without_owned(headers), self.http)
+        forwarded += self._own_headers(exchange, age, status, stored=False, fwd_status=fwd_status)
+        return ResponseDecision(ResponsePlan.PASS, forwarded)
+
+    def _stale_on_error(self, exchange: Exchange, status: int, now: float) -> ResponseDecision:
+        assert exchange.entry is not None
+        stored: StoredResponse = exchange.entry.value
+        status_value = cache_status(
+            self.name,
+            fwd=exchange.fwd if exchange.fwd in ("stale", "request") else "stale",
+            fwd_status=status,
+            detail="stale-if-error",
+            key=self._debug_key(exchange),
+        )
+        reply = self._reply_from_stored(exchange, stored, current_age(stored, now), status_value)
+        return ResponseDecision(ResponsePlan.SERVE_STORED, [], reply=reply)
+
+    def stale_on_exception(self, exchange: Exchange) -> Reply | None:
+        """The app raised: the stale entry if stale-if-error allows it (RFC 5861 §4)."""
+        if exchange.entry is None:
+            return None
+        now = self.clock()
+        if not may_serve_stale_on_error(exchange.entry.value, exchange.req_cc, now):
+            return None
+        decision = self._stale_on_error(exchange, 500, now)
+        return decision.reply
+
+    def _freshened(
+        self,
+        exchange: Exchange,
+        stored: StoredResponse,
+        headers: Headers,
+        cc: ResponseCacheControl,
+        rule: TtlRule | None,
+        tags: Tags,
+        now: float,
+    ) -> ResponseDecision:
+        updated = self._freshen(exchange, stored, headers, cc, rule, now)
+        assert exchange.entry is not None
+        residency = self.cache.residency_for(tags, ttl_seconds=None)
+        self.cache.put(self.cache.make_entry(exchange.key, updated, tags, residency))
+        status_value = cache_status(
+            self.name,
+            fwd=exchange.fwd,
+            fwd_status=304,
+            collapsed=exchange.collapsed,
+            key=self._debug_key(exchange),
+        )
+        reply = self._reply_from_stored(exchange, updated, current_age(updated, now), status_value)
+        return ResponseDecision(ResponsePlan.SERVE_STORED, [], reply=reply)
+
+    def _freshen(
+        self,
+        exchange: Exchange,
+        stored: StoredResponse,
+        headers: Headers,
+        cc: ResponseCacheControl,
+        rule: TtlRule | None,
+        now: float,
+    ) -> StoredResponse:
+        return freshen(
+            stored,
+            headers,
+            request_time=exchange.request_time,
+            response_time=now,
+            cc=cc,
+            rule_ttl=rule.ttl_seconds if rule is not None else None,
+            override_origin=rule.override_origin if rule is not None else False,
+            rule_swr=rule.stale_while_revalidate_seconds if rule is not None else None,
+            rule_sie=rule.stale_if_error_seconds if rule is not None else None,
+            http=self.http,
+        )
+
+    def _freshen_from_head(
+        self,
+        exchange: Exchange,
+        status: int,
+        headers: Headers,
+        cc: ResponseCacheControl,
+        rule: TtlRule | None,
+        tags: Tags,
+        now: float,
+    ) -> None:
+        """A HEAD response updates the stored GET response it matches (RFC 9111 §4.3.5)."""
+        entry = exchange.entry
+        if entry is None or status != entry.value.status:
+            return
+        if not validator_matches(entry.value, headers):
+            # The representation changed: keep the entry but make its next use validate.
+            stale = dataclasses.replace(entry.value, freshness_lifetime=0.0)
+            self.cache.put(self.cache.make_entry(exchange.key, stale, entry.tags, entry.residency))
+            return
+        updated = self._freshen(exchange, entry.value, headers, cc, rule, now)
+        self.cache.put(self.cache.make_entry(exchange.key, updated, tags, entry.residency))
+
+
+_FAST_PATH_BLOCKERS = frozenset(
+    {
+        b"cache-control",
+        b"pragma",
+        b"if-none-match",
+        b"if-modified-since",
+        b"if-match",
+        b"if-unmodified-since",
+        b"if-range",
+    }
+)
+_CONDITIONAL_FIELDS = frozenset({b"if-none-match", b"if-modified-since"})
+_OWNED = frozenset({b"age", b"cache-status"})
+
+
+def _without_owned(headers: Headers) -> Headers:
+    return [(name, value) for name, value in headers if name not in _OWNED]
+
+
+def _vary_marker_names(value: object) -> tuple[str, ...] | None:
+    if isinstance(value, dict) and VARY_MARKER in value:
+        return tuple(str(name) for name in value[VARY_MARKER])
+    return None
+
+
+def _content_length(headers: Headers) -> int:
+    value = get_header(headers, b"content-length")
+    if value is None:
+        return 0
+    try:
+        return int(value.split(b",")[0])
+    except ValueError:
+        return 0

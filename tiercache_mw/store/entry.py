@@ -1,0 +1,82 @@
+"""What the tiers hold: `Entry` (one cached value with its tags and residency) and
+`StoredResponse` (an HTTP response as the middleware keeps it).
+
+RAM tiers keep these objects as they are, so a hot hit never deserializes; the shared and
+durable tiers keep the bytes from `tiercache_mw.store.codec`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["ENTRY_OVERHEAD_BYTES", "Entry", "Residency", "StoredResponse", "Tags"]
+
+# Tags are (name, value) pairs; a name may repeat (several surrogate keys), so not a dict.
+Tags = tuple[tuple[str, str], ...]
+
+# What one RAM entry costs beyond its payload bytes: the Entry and StoredResponse objects,
+# the key string and the tier's index slot. Measured with tracemalloc on CPython 3.11;
+# budgets count it so that `max_size_gb` holds for real memory, not just payload.
+ENTRY_OVERHEAD_BYTES = 360
+# Each stored header costs a 2-tuple and two bytes objects beyond its characters.
+HEADER_OVERHEAD_BYTES = 140
+
+
+@dataclass(slots=True)
+class Residency:
+    """How long, in seconds since last use, an entry stays in each tier; None = no limit."""
+
+    hot: float | None
+    cold: float | None
+    dry: float | None
+
+    def for_tier(self, tier: str) -> float | None:
+        return {"hot": self.hot, "cold": self.cold, "dry": self.dry}[tier]
+
+
+@dataclass(slots=True, eq=False)
+class StoredResponse:
+    """An HTTP response as the cache serves it again.
+
+    `headers` are the app's headers with lowercased names, minus the ones the cache owns
+    (Age, Cache-Status, hop-by-hop, surrogate keys), ready to send with only Age and
+    Cache-Status appended. The timing fields are wall-clock seconds (time.time()).
+    """
+
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+    request_time: float
+    response_time: float
+    # Derived once by tiercache_mw.http when the response is stored, so a hit only compares.
+    freshness_lifetime: float = 0.0
+    initial_age: float = 0.0  # corrected_initial_age of RFC 9111 §4.2.3 at response_time
+    stale_while_revalidate: float = 0.0
+    stale_if_error: float = 0.0
+    requires_validation: bool = False  # no-cache (unqualified) on the response
+    must_revalidate: bool = False  # must-revalidate / proxy-revalidate / s-maxage
+    etag: bytes | None = None
+    last_modified: bytes | None = None
+    vary: tuple[str, ...] = ()  # lowercased field names from Vary, "*" included
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def payload_bytes(self) -> int:
+        return len(self.body) + sum(
+            len(name) + len(value) + HEADER_OVERHEAD_BYTES for name, value in self.headers
+        )
+
+
+@dataclass(slots=True, eq=False)
+class Entry:
+    """One cached value. `value` is bytes, a msgpack-able object, None, or a StoredResponse."""
+
+    key: str
+    value: Any
+    tags: Tags
+    residency: Residency
+    size: int  # bytes it is accounted for in a RAM budget (payload + ENTRY_OVERHEAD_BYTES)
+    created_at: float  # time.time() when first stored
+    last_used: float  # time.monotonic() in RAM tiers; time.time() once encoded
+    visited: bool = False  # SIEVE's bit: set on hit, cleared when the hand passes
