@@ -78,6 +78,9 @@ def _check_config(path: str) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
+    except OSError as exc:
+        print(f"{path}: cannot read the file: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     print(f"{path}: OK")
     print(describe(config))
     return 0
@@ -141,6 +144,9 @@ def _proxy(args: argparse.Namespace) -> int:
     except (ConfigError, ValueError) as exc:
         print(exc, file=sys.stderr)
         return 2
+    except OSError as exc:
+        print(f"{args.config}: cannot read the file: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     _configure_logging(args.log_level)
     options: dict[str, Any] = {
         "host": args.host,
@@ -150,6 +156,8 @@ def _proxy(args: argparse.Namespace) -> int:
         # The origin's Date and Server go through; uvicorn would add a second of each.
         "server_header": False,
         "date_header": False,
+        # The proxy appends the peer to X-Forwarded-For itself; uvicorn must not rewrite it.
+        "proxy_headers": False,
     }
     if args.workers > 1:
         os.environ[ENV_UPSTREAM] = args.upstream
