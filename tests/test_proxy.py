@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 
 import httpx
@@ -147,9 +148,11 @@ class ThreadedServer:
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
         self.port: int = self.sock.getsockname()[1]
+        # No Date from the origin: the proxy must add one (RFC 9110 §6.6.1).
         config = uvicorn.Config(
-            app, log_level="warning", lifespan="off", timeout_graceful_shutdown=2
-        )
+            app, log_level="warning", lifespan="off", timeout_graceful_shutdown=2,
+            date_header=False,
+        )  # fmt: skip
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(
             target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True
@@ -287,6 +290,13 @@ async def test_miss_then_hit_reaches_upstream_once(
     assert second.text == first.text == "/items/a #1"
     assert upstream.calls[("GET", "/items/a")] == 1
     assert "age" in second.headers
+
+
+async def test_date_is_added_when_the_origin_sends_none(client: httpx.AsyncClient) -> None:
+    """RFC 9110 §6.6.1: a recipient with a clock adds Date to a message it forwards."""
+    response = await client.get("/items/dated")
+    assert parsedate_to_datetime(response.headers["date"]).year >= 2024
+    assert len(response.headers.get_list("date")) == 1
 
 
 async def test_bypass_route_is_forwarded_every_time(

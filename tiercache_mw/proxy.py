@@ -224,6 +224,9 @@ class ReverseProxy:
     async def _stream_response(self, response: httpx.Response, send: Send) -> None:
         headers = strip_hop_by_hop(response.headers.raw)
         _append(headers, b"via", _via(response.http_version))
+        if not any(name == b"date" for name, _ in headers):
+            # RFC 9110 §6.6.1: a recipient with a clock adds Date to what it forwards or caches.
+            headers.append((b"date", http_date().encode("ascii")))
         await send(
             {"type": "http.response.start", "status": response.status_code, "headers": headers}
         )
