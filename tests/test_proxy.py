@@ -151,7 +151,7 @@ class ThreadedServer:
         # No Date from the origin: the proxy must add one (RFC 9110 §6.6.1).
         config = uvicorn.Config(
             app, log_level="warning", lifespan="off", timeout_graceful_shutdown=2,
-            date_header=False,
+            date_header=False, ws="none",
         )  # fmt: skip
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(

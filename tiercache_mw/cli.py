@@ -158,6 +158,7 @@ def _proxy(args: argparse.Namespace) -> int:
         "date_header": False,
         # The proxy appends the peer to X-Forwarded-For itself; uvicorn must not rewrite it.
         "proxy_headers": False,
+        "ws": "none",  # WebSocket upgrades are not proxied
     }
     if args.workers > 1:
         os.environ[ENV_UPSTREAM] = args.upstream
