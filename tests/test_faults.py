@@ -1,0 +1,91 @@
+"""A shared tier's server dies in the middle of a run of requests: no client sees an error,
+the fault is counted, and the tier is used again once the server is back."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.services import ServerProcess
+from tests.test_asgi import Harness, is_hit
+
+pytestmark = pytest.mark.services
+
+PATHS = [f"/items/{n}" for n in range(12)]
+
+
+def sections_for(kind: str, server: ServerProcess, unique: str) -> dict[str, Any]:
+    return {
+        # A hot tier this small keeps demoting, so the cold tier is in every request's path.
+        "hot_cache": {"backend": "ram", "max_size_bytes": 3000},
+        "cold_cache": {"backend": kind, "ttl_hours": 1},
+        kind: {"host": "127.0.0.1", "port": server.port, "prefix": f"{unique}:"},
+    }
+
+
+def error_count(stats: dict[str, Any]) -> int:
+    """Every counter the TierCache reports for backend faults (`*error*` keys)."""
+    total = 0
+    for name, value in stats.items():
+        if "error" in name and isinstance(value, int | float):
+            total += int(value)
+        elif "error" in name and isinstance(value, dict):
+            total += sum(int(v) for v in value.values() if isinstance(v, int | float))
+    return total
+
+
+@pytest.mark.parametrize("kind", ["memcached", "redis"])
+async def test_killing_the_cold_server_mid_run_never_reaches_a_client(
+    tmp_path: Path, kind: str, private_servers: Callable[[str], ServerProcess], unique: str
+) -> None:
+    server = private_servers(kind)
+    harness = Harness(tmp_path, **sections_for(kind, server, unique))
+    cache = harness.middleware.cache
+    errors_before = 0
+    try:
+        for round_number in range(6):
+            if round_number == 2:
+                errors_before = error_count(await cache.stats())
+                server.kill()
+            if round_number == 4:
+                assert error_count(await cache.stats()) > errors_before, await cache.stats()
+                server.restart()
+            for path in PATHS:
+                response = await harness.get(path)
+                assert response.status_code == 200, (round_number, path)
+                assert response.text == f"body of {path}"
+
+        # Back up: entries reach the restarted server again and are served from it.
+        served_from_cold = False
+        for _ in range(100):
+            for path in PATHS:
+                if is_hit(await harness.get(path), "cold"):
+                    served_from_cold = True
+            if served_from_cold:
+                break
+            await asyncio.sleep(0.05)
+        assert served_from_cold, await cache.stats()
+        assert (await cache.stats())["cold_entries"] > 0
+    finally:
+        await harness.close()
+
+
+@pytest.mark.parametrize("kind", ["memcached", "redis"])
+async def test_a_cold_server_down_from_the_start_is_a_miss_not_an_error(
+    tmp_path: Path, kind: str, private_servers: Callable[[str], ServerProcess], unique: str
+) -> None:
+    server = private_servers(kind)
+    server.kill()
+    harness = Harness(tmp_path, **sections_for(kind, server, unique))
+    try:
+        for path in PATHS[:4]:
+            response = await harness.get(path)
+            assert response.status_code == 200
+            assert response.text == f"body of {path}"
+        assert is_hit(await harness.get(PATHS[3]), "hot")
+    finally:
+        await harness.close()
