@@ -77,7 +77,7 @@ class MemcachedTier:
         if self._client is None:
             import aiomcache
 
-            self._client = aiomcache.Client(self.settings.host, self.settings.port, pool_size=4)
+            self._client = aiomcache.Client(self.settings.host, self.settings.port, pool_size=16)
         return self._client
 
     async def _call(self, awaitable: Awaitable[T]) -> T:
