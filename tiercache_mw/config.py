@@ -219,7 +219,7 @@ def _read_yaml(path: Path, name: str) -> object:
         mark = exc.problem_mark or exc.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = exc.problem or exc.context or "a syntax error"
-        raise ConfigError(name, where, "valid YAML", _Shown(problem)) from None
+        raise ConfigError(name, where, f"valid YAML ({problem})") from None
     except yaml.YAMLError as exc:
         raise ConfigError(name, "", "valid YAML", _Shown(str(exc))) from None
     return {} if data is None else data  # an empty file is the defaults
@@ -343,7 +343,7 @@ def _route_pattern(value: Any) -> str:
     try:
         compile_pattern(value)
     except ValueError as exc:
-        raise _Invalid(f"a route pattern such as '/products/{{id}}' ({exc})") from None
+        raise _Invalid(f"a valid route pattern: {exc}") from None
     return value
 
 
@@ -445,7 +445,8 @@ _TIER = {
     "backend": ("backend", _choice(*_HOT_COLD_BACKENDS)),
     "eviction": ("eviction", _choice("sieve", "lru")),
     **_durations("ttl", nullable=True),
-    **_sizes("max_size", nullable=True),
+    # RAM tiers need a budget: a null here would be an unbounded heap.
+    **_sizes("max_size"),
 }
 _HOT_COLD = _Section(_TIER)
 _DRY = _Section(

@@ -72,7 +72,7 @@ def _compile_segment(segment: str, names: set[str]) -> str:
         name, kind = match.group(1), match.group(2) or "str"
         if kind not in CONVERTOR_TYPES:
             allowed = ", ".join(sorted(CONVERTOR_TYPES))
-            raise ValueError(f"unknown convertor {kind!r} in {{{name}:{kind}}} (one of {allowed})")
+            raise ValueError(f"unknown convertor {kind!r} in {{{name}:{kind}}}; known: {allowed}")
         if name in names:
             raise ValueError(f"parameter {name!r} appears twice")
         names.add(name)
