@@ -16,6 +16,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import msgpack
 import pytest
 
 from tiercache_mw.store.base import Tier, TierStats
@@ -56,6 +57,14 @@ def contract_response(body: bytes = b'{"id": 1}') -> StoredResponse:
     )
 
 
+def payload_size(value: Any) -> int:
+    if isinstance(value, StoredResponse):
+        return value.payload_bytes
+    if isinstance(value, bytes):
+        return len(value)
+    return len(msgpack.packb(value, use_bin_type=True))
+
+
 def contract_entry(
     key: str,
     value: Any = b"value",
@@ -69,7 +78,7 @@ def contract_entry(
         value=value,
         tags=tags,
         residency=residency or Residency(None, None, None),
-        size=100 + ENTRY_OVERHEAD_BYTES,
+        size=payload_size(value) + ENTRY_OVERHEAD_BYTES,
         created_at=now,
         last_used=time.monotonic(),
     )
