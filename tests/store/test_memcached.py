@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 
 from tests.services import ServerProcess
+from tests.store.tier_contract import MakeTier, TierContract
 from tiercache_mw.config import MemcachedConfig, TierConfig
 from tiercache_mw.store.entry import Entry, Residency
 from tiercache_mw.store.memcached import CHUNK_BYTES, MAX_CHUNKS, MemcachedTier
@@ -148,3 +149,11 @@ async def test_down_server_fails_fast_and_reconnects(
         assert got.value == b"again"
     finally:
         await tier.close()
+
+
+class TestMemcachedTierContract(TierContract):
+    residency_seconds = 2.0  # memcached expiry has one-second resolution
+
+    @pytest.fixture
+    def make_tier(self, memcached_settings: MemcachedConfig) -> MakeTier:
+        return lambda name: make(memcached_settings, name)

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from tests.store.tier_contract import MakeTier, TierContract
 from tiercache_mw.config import RedisConfig, TierConfig
 from tiercache_mw.store.entry import Entry, Residency
 from tiercache_mw.store.redis import RedisTier, make_client
@@ -115,3 +116,9 @@ async def test_down_server_fails_fast() -> None:
         await tier.get("k")
     assert time.monotonic() - started < 2.0
     await tier.close()
+
+
+class TestRedisTierContract(TierContract):
+    @pytest.fixture
+    def make_tier(self, redis_settings: RedisConfig) -> MakeTier:
+        return lambda name: RedisTier(name, TierConfig("redis", 60.0, None), redis_settings)

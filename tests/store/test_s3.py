@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from tests.services import S3Server
+from tests.store.tier_contract import MakeTier, TierContract
 from tiercache_mw.config import RedisConfig, S3Config, TierConfig
 from tiercache_mw.store.entry import Entry, Residency
 from tiercache_mw.store.s3 import S3Tier
@@ -116,3 +117,9 @@ async def test_credentials_from_the_aws_environment(
         assert await tier.get("k") is not None
     finally:
         await tier.close()
+
+
+class TestS3TierContract(TierContract):
+    @pytest.fixture
+    def make_tier(self, s3_settings: S3Config) -> MakeTier:
+        return lambda name: S3Tier(name, TierConfig("s3", None, None), s3_settings)

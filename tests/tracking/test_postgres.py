@@ -3,25 +3,23 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
 
-from tests.tracking.test_redis import PRODUCT, TrackingBehaviour
+from tests.tracking.tracking_contract import MakeTracking, TrackingContract
 from tiercache_mw.config import PostgresConfig
-from tiercache_mw.tracking.base import Tracking
 from tiercache_mw.tracking.postgres import PostgresTracking
 
 pytestmark = pytest.mark.services
 
 
-class TestPostgresTracking(TrackingBehaviour):
+PRODUCT = (("type", "product"),)
+
+
+class TestPostgresTracking(TrackingContract):
     @pytest.fixture
-    async def tracking(self, postgres_settings: PostgresConfig) -> AsyncIterator[Tracking]:
-        made = PostgresTracking(postgres_settings)
-        await made.start()
-        yield made
-        await made.close()
+    def make_tracking(self, postgres_settings: PostgresConfig) -> MakeTracking:
+        return lambda: PostgresTracking(postgres_settings)
 
     async def test_schema_is_created_on_first_use_by_racing_processes(
         self, postgres_settings: PostgresConfig

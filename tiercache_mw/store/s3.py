@@ -1,6 +1,6 @@
 """S3 dry tier (aiobotocore): AWS S3, MinIO, Cloudflare R2 or any S3-compatible endpoint.
 
-One object per entry at ``{prefix}{sha256(key)}`` (hashed: keys are URLs of any length and
+One object per entry at ``{prefix}{tier}/{sha256(key)}`` (hashed: keys are URLs of any length and
 alphabet), holding the msgpack entry bytes. S3 has no per-object TTL a hit could extend, so
 residency is checked on read from object metadata (``tc-last-used``, ``tc-residency``): an
 expired object is a miss and is deleted then. A hit rewrites the metadata in place
@@ -57,7 +57,8 @@ class S3Tier:
         self.tier = tier
         self.settings = settings
         self.bucket = settings.bucket
-        self.prefix = settings.prefix
+        # The tier name keeps two tiers in one bucket and prefix apart (flush, stats).
+        self.prefix = f"{settings.prefix}{name}/"
         self._stack: AsyncExitStack | None = None
         self._client: Any = None
         self._bucket_checked = False
