@@ -409,7 +409,7 @@ class _Section:
         return ", ".join(sorted(self.keys))
 
     def _unknown(self, key: object) -> str:
-        close = difflib.get_close_matches(str(key), self.keys, n=1)
+        close = difflib.get_close_matches(str(key), self.keys, n=1, cutoff=0.5)
         hint = f" (did you mean {close[0]}?)" if close else ""
         return f"one of the keys {self._allowed()}{hint}"
 
