@@ -687,9 +687,9 @@ def describe_config(config: Config) -> str:
         f"tracking:   {tracking.backend}"
         + (f" at {tracking.path}" * (tracking.backend == "sqlite"))
         + f", writes batched for up to {_seconds(tracking.flush_interval_seconds)}",
-        "http:       "
-        + ", ".join(f"{f.name}={getattr(config.http, f.name)!r}" for f in fields(HttpConfig)),
     ]
+    lines.append("http:")
+    lines.extend(f"  {f.name}: {_scalar(getattr(config.http, f.name))}" for f in fields(HttpConfig))
     redis = config.redis
     if redis is None:
         lines.append("redis:      not configured: purges stay in this process")
@@ -744,6 +744,16 @@ def _rule(rule: TtlRule) -> str:
     if rule.stale_if_error_seconds is not None:
         parts.append(f"stale-if-error {_seconds(rule.stale_if_error_seconds)}")
     return ", ".join(parts) or "nothing set"
+
+
+def _scalar(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
 
 
 def _pairs(tags: Tags) -> str:

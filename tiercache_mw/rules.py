@@ -115,8 +115,10 @@ class RouteTable:
         if not self._routes:
             return None
         memo = self._memo
-        if path in memo:
-            return memo[path]
+        try:
+            return memo[path]  # one lookup on a hit; try is free in 3.11 when nothing raises
+        except KeyError:
+            pass
         found = None
         for rule in self._routes:
             if rule.regex.match(path) is not None:
@@ -156,8 +158,10 @@ class TtlRules:
         if not self._rules:
             return None
         memo = self._memo
-        if tags in memo:
+        try:
             return memo[tags]
+        except KeyError:
+            pass
         have = set(tags)
         found = None
         for rule in self._rules:
