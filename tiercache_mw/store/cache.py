@@ -1,82 +1,744 @@
 """TierCache: the tiered store (hot -> cold -> dry, promotion on hit) and the original
 smartcache key/value API.
 
-CONTRACT SKELETON: signatures below are what the HTTP engine, the middleware and the
-backends code against. Bodies are being written.
+Threads and loops: RAM tiers are read and written inline from any thread or loop (a hot hit
+is a dict lookup). Everything else (disk, shared servers, the tracking index, demotions to
+them) runs on one long-lived loop thread per cache (`store.loop.LoopThread`), which owns
+every backend client. Async methods called from another loop await it through
+`asyncio.wrap_future`; the `*_sync` twins block on it from any other thread.
+
+Flow: `put` stores into hot. An entry leaving hot (eviction, end of residency) goes to cold;
+one leaving cold goes to dry; a hit below hot promotes the entry back to hot with its own
+residency and tags. RAM -> RAM moves happen inline; moves to a non-RAM tier go through a
+bounded queue drained on the loop (the oldest pending move is dropped and counted when it is
+full). While an entry waits in that queue it is still found by lookups, and a delete or purge
+meanwhile cancels the move, or undoes it if the write was already under way.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+import collections
+import contextlib
+import logging
+import math
+import threading
+import time
+from collections.abc import Awaitable, Coroutine, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+import msgpack
 
 from tiercache_mw.config import Config
-from tiercache_mw.store.entry import Entry, Residency, Tags
+from tiercache_mw.store.backends import make_tier, make_tracking
+from tiercache_mw.store.base import Tier, TierStats
+from tiercache_mw.store.entry import ENTRY_OVERHEAD_BYTES, Entry, Residency, StoredResponse, Tags
+from tiercache_mw.store.local import LocalTier
+from tiercache_mw.store.loop import LoopThread, OnLoopThreadError
+from tiercache_mw.store.ram import RamTier
 
-__all__ = ["TierCache"]
+__all__ = ["OnLoopThreadError", "TierCache"]
 
+log = logging.getLogger("tiercache_mw")
+
+T = TypeVar("T")
 TagsArg = Mapping[str, str] | Tags | None
+
+TIERS = ("hot", "cold", "dry")
+DEMOTION_QUEUE_MAX = 10_000
+BACKEND_TIMEOUT = 10.0  # a stuck backend call becomes a miss after this long
+ERROR_LOG_INTERVAL = 30.0  # at most one log line per tier per interval
+SWEEP_INTERVAL = 1.0  # how often residency is checked and shared dry tiers are trimmed
+HOUR = 3600.0
+_URL_TAG = "url"  # the tag tiercache_mw.engine puts on every HTTP entry
+
+
+class _Demotion:
+    """One entry on its way to `targets` (non-RAM tiers, written in order)."""
+
+    __slots__ = ("entry", "targets")
+
+    def __init__(self, entry: Entry, targets: tuple[str, ...]) -> None:
+        self.entry = entry
+        self.targets = targets
+
+
+class _TrackingBuffer:
+    """Tracking writes waiting for the next flush: the last write per key, and hit counts."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        # key -> (tier, tags, size, time) for a set, None for a delete
+        self._ops: dict[str, tuple[str, Tags, int, float] | None] = {}
+        self.hits: dict[str, int] = {}
+
+    def set(self, entry: Entry, tier: str) -> None:
+        with self._lock:
+            self._ops[entry.key] = (tier, entry.tags, entry.size, time.time())
+
+    def delete(self, keys: Iterable[str]) -> None:
+        with self._lock:
+            for key in keys:
+                self._ops[key] = None
+
+    def take(self) -> tuple[dict[str, tuple[str, Tags, int, float] | None], dict[str, int]]:
+        with self._lock:
+            ops, self._ops = self._ops, {}
+            # Swapped, not copied: a hit counted into the old dict during the swap is lost,
+            # which costs one hit count, never an entry.
+            hits, self.hits = self.hits, {}
+        return ops, hits
+
+
+def _tags(tags: TagsArg) -> Tags:
+    if not tags:
+        return ()
+    if isinstance(tags, Mapping):
+        return tuple((str(name), str(value)) for name, value in tags.items())
+    return tuple((str(name), str(value)) for name, value in tags)
 
 
 class TierCache:
     def __init__(self, config: Config | None = None) -> None:
-        raise NotImplementedError
+        if config is None:
+            from tiercache_mw.config import load_config
+
+            config = load_config(None)
+        self.config = config
+        self._loop = LoopThread("tiercache-loop")
+        self._start_lock = threading.Lock()
+        self._started: Any = None  # concurrent.futures.Future of the start on the loop
+        self.hot: Tier = make_tier("hot", config.hot, config, self._left_hot)
+        self.cold: Tier = make_tier("cold", config.cold, config, self._left_cold)
+        self.dry: Tier = make_tier("dry", config.dry, config, None)
+        if isinstance(self.dry, LocalTier):
+            self.dry.on_remove = self._dry_removed
+        self.tracking = make_tracking(config)
+        from tiercache_mw.rules import TtlRules
+
+        self._ttl_rules = TtlRules.from_config(config)
+        self._buffer = _TrackingBuffer()
+        self._queue: collections.deque[_Demotion] = collections.deque()
+        self._queue_lock = threading.Lock()
+        self._pending: dict[str, _Demotion] = {}
+        self._writing: dict[str, bool] = {}  # key -> deleted while its move was being written
+        self._wake_sent = False
+        self._drain_event: asyncio.Event | None = None
+        self._tracking_lock: asyncio.Lock | None = None
+        self._drain_lock: asyncio.Lock | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._drain_task: asyncio.Task[None] | None = None
+        self._bus: Any = None
+        self._dry_dirty = False
+        # Counters: plain ints bumped from many threads; a rare lost increment under
+        # contention is the price of keeping locks off the hit path.
+        self._hot_hits = self._cold_hits = self._dry_hits = self._misses = 0
+        self._demotions = self._promotions = self._dropped = 0
+        self._errors: collections.Counter[str] = collections.Counter()
+        self._logged: dict[str, float] = {}
+
+    @property
+    def _hot_ram(self) -> RamTier | None:
+        return self.hot if isinstance(self.hot, RamTier) else None
+
+    @property
+    def _cold_ram(self) -> RamTier | None:
+        return self.cold if isinstance(self.cold, RamTier) else None
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> TierCache:
-        raise NotImplementedError
+        from tiercache_mw.config import load_config
+
+        return cls(load_config(path))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TierCache:
-        raise NotImplementedError
+        from tiercache_mw.config import load_config
+
+        return cls(load_config(dict(data)))
 
     config: Config
 
     # ---- lifecycle -------------------------------------------------------------------
+    def _ensure_started(self) -> None:
+        if self._started is not None:
+            return
+        with self._start_lock:
+            if self._started is None:
+                self._loop.start()
+                self._started = self._loop.submit(self._start_on_loop())
+
+    async def _after_start(self, coro: Awaitable[T]) -> T:
+        try:
+            await asyncio.wrap_future(self._started)
+        except BaseException:
+            if isinstance(coro, Coroutine):
+                coro.close()
+            raise
+        return await coro
+
+    async def _call(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run `coro` on the cache's loop once started, from whatever loop the caller is on."""
+        self._ensure_started()
+        return await self._loop.run_async(self._after_start(coro))
+
     async def start(self) -> None:
         """Idempotent; every other method calls it on first use."""
+        self._ensure_started()
+        await asyncio.wrap_future(self._started)
+
+    async def _start_on_loop(self) -> None:
+        self._drain_event = asyncio.Event()
+        self._tracking_lock = asyncio.Lock()
+        self._drain_lock = asyncio.Lock()
+        await self._guard("tracking", self.tracking.start(), None)
+        if isinstance(self.dry, LocalTier):
+            await self._guard("dry", self.dry.start(), None)
+        loop = asyncio.get_running_loop()
+        self._drain_task = loop.create_task(self._drain_forever())
+        self._tasks = [
+            loop.create_task(self._tracking_forever()),
+            loop.create_task(self._sweep_forever()),
+        ]
+        if self.config.redis is not None:
+            await self._start_bus()
+        if self._queue:
+            self._drain_event.set()
+
+    async def _start_bus(self) -> None:
+        assert self.config.redis is not None
+        try:
+            from tiercache_mw.store.broadcast import RedisPurgeBus
+
+            self._bus = RedisPurgeBus(self.config.redis, self.invalidate_local)
+        except Exception as exc:  # the redis extra missing: purges stay in this process
+            self._count_error("broadcast", exc)
+            return
+        await self._guard("broadcast", self._bus.start(), None)
 
     async def close(self) -> None:
         """Drain pending demotions and tracking writes, persist hot and cold RAM to dry."""
+        if self._started is None and not self._has_ram_entries():
+            return
+        if self._loop.on_this_loop():
+            raise OnLoopThreadError("close() cannot run on the cache's own loop thread")
+        await self._call(self._close_on_loop())
+        await asyncio.to_thread(self._stop_loop)
+
+    def _has_ram_entries(self) -> bool:
+        return any(tier is not None and len(tier) > 0 for tier in (self._hot_ram, self._cold_ram))
+
+    async def _close_on_loop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        await self._drain_queue()
+        # Cold first: where a key is in both, the hot copy is the newer and lands last.
+        for ram in (self._cold_ram, self._hot_ram):
+            if ram is None:
+                continue
+            for entry in ram.drain():
+                await self._guard("dry", self.dry.set(entry), None)
+                self._buffer.set(entry, "dry")
+        if self._drain_task is not None:
+            self._drain_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._drain_task
+            self._drain_task = None
+        await self._flush_tracking()
+        if self._bus is not None:
+            await self._guard("broadcast", self._bus.close(), None)
+            self._bus = None
+        await self._guard("tracking", self.tracking.close(), None)
+        for name in TIERS:
+            await self._guard(name, self._tier(name).close(), None)
+
+    def _stop_loop(self) -> None:
+        with self._start_lock:
+            self._loop.stop()
+            self._started = None
 
     # ---- the original key/value API ---------------------------------------------------
-    async def get(self, key: str, default: Any = None) -> Any: ...
+    async def get(self, key: str, default: Any = None) -> Any:
+        found = await self.lookup(key)
+        return default if found is None else found[0].value
+
     async def set(
         self, key: str, value: Any, *, ttl_hours: float | None = None,
         ttl_seconds: float | None = None, tags: TagsArg = None,
-    ) -> None: ...  # fmt: skip
-    async def delete(self, key: str) -> bool: ...
-    async def flush(self, tier: str = "all") -> None: ...
-    async def stats(self) -> dict[str, Any]: ...
+    ) -> None:  # fmt: skip
+        pairs = _tags(tags)
+        ttl = ttl_seconds if ttl_seconds is not None else None
+        if ttl is None and ttl_hours is not None:
+            ttl = ttl_hours * HOUR
+        self.put(self.make_entry(key, value, pairs, self.residency_for(pairs, ttl_seconds=ttl)))
+
+    async def delete(self, key: str) -> bool:
+        return await self._call(self._remove_keys([key])) > 0
+
+    async def flush(self, tier: str = "all") -> None:
+        if tier != "all" and tier not in TIERS:
+            raise ValueError(f"tier must be one of {(*TIERS, 'all')}, got {tier!r}")
+        await self._call(self._flush(TIERS if tier == "all" else (tier,)))
+
+    async def stats(self) -> dict[str, Any]:
+        return await self._call(self._stats())
+
     async def purge(
         self, *, tags: TagsArg = None, url: str | None = None, keys: list[str] | None = None
-    ) -> int: ...
+    ) -> int:
+        """Remove every entry carrying all of `tags`, every entry for `url`, and `keys`, from
+        every tier; returns how many keys were removed."""
+        selectors: list[Tags] = []
+        if tags:
+            selectors.append(_tags(tags))
+        if url is not None:
+            selectors.append(((_URL_TAG, url),))
+        return await self._call(self._purge(selectors, list(keys or ())))
+
+    def get_sync(self, key: str, default: Any = None) -> Any:
+        return self.run_sync(self.get(key, default))
+
+    def set_sync(
+        self, key: str, value: Any, *, ttl_hours: float | None = None,
+        ttl_seconds: float | None = None, tags: TagsArg = None,
+    ) -> None:  # fmt: skip
+        self.run_sync(self.set(key, value, ttl_hours=ttl_hours, ttl_seconds=ttl_seconds, tags=tags))
+
+    def delete_sync(self, key: str) -> bool:
+        result: bool = self.run_sync(self.delete(key))
+        return result
+
+    def flush_sync(self, tier: str = "all") -> None:
+        self.run_sync(self.flush(tier))
+
+    def stats_sync(self) -> dict[str, Any]:
+        result: dict[str, Any] = self.run_sync(self.stats())
+        return result
+
+    def purge_sync(
+        self, *, tags: TagsArg = None, url: str | None = None, keys: list[str] | None = None
+    ) -> int:
+        result: int = self.run_sync(self.purge(tags=tags, url=url, keys=keys))
+        return result
+
+    def close_sync(self) -> None:
+        if self._loop.in_loop_thread():
+            raise OnLoopThreadError("close_sync() cannot run on the cache's own loop thread")
+        if self._started is None and not self._has_ram_entries():
+            return
+        self._ensure_started()
+        self._loop.run(self._after_start(self._close_on_loop()))
+        self._stop_loop()
 
     # ---- entry-level API for the HTTP engine --------------------------------------------
     def residency_for(self, tags: Tags, *, ttl_seconds: float | None = None) -> Residency:
         """Per-call ttl > tag rule > tier default > global default, per tier."""
-        raise NotImplementedError
+        if ttl_seconds is not None:
+            return Residency(ttl_seconds, ttl_seconds, ttl_seconds)
+        config = self.config
+        rule = self._ttl_rules.for_tags(tags)
+        if rule is None:
+            return Residency(
+                config.hot.ttl_seconds, config.cold.ttl_seconds, config.dry.ttl_seconds
+            )
+        return Residency(
+            rule.hot_ttl_seconds if rule.hot_ttl_seconds is not None else config.hot.ttl_seconds,
+            rule.cold_ttl_seconds if rule.cold_ttl_seconds is not None else config.cold.ttl_seconds,
+            rule.dry_ttl_seconds if rule.dry_ttl_seconds is not None else config.dry.ttl_seconds,
+        )
 
     def make_entry(self, key: str, value: Any, tags: Tags, residency: Residency) -> Entry:
-        raise NotImplementedError
+        if isinstance(value, StoredResponse):
+            payload = value.payload_bytes
+        elif isinstance(value, bytes | bytearray | memoryview):
+            value = bytes(value)
+            payload = len(value)
+        else:
+            try:
+                payload = len(msgpack.packb(value, use_bin_type=True))
+            except (TypeError, ValueError, OverflowError) as exc:
+                raise TypeError(
+                    f"cache value for {key!r} is not bytes or msgpack-able: {exc}"
+                ) from exc
+        now = time.time()
+        return Entry(
+            key=key,
+            value=value,
+            tags=tuple(tags),
+            residency=residency,
+            size=payload + ENTRY_OVERHEAD_BYTES,
+            created_at=now,
+            last_used=time.monotonic(),
+        )
 
     def get_hot(self, key: str) -> Entry | None:
         """Hot RAM only: no I/O, no await, safe from any thread. Counts a hot hit."""
-        raise NotImplementedError
+        hot = self._hot_ram
+        if hot is None:
+            return None
+        entry = hot.get_now(key)
+        if entry is not None:
+            self._hot_hits += 1
+            hits = self._buffer.hits
+            hits[key] = hits.get(key, 0) + 1
+        return entry
 
     async def lookup(self, key: str) -> tuple[Entry, str] | None:
         """Hot, then cold, then dry; a hit below hot is promoted. Returns (entry, tier)."""
-        raise NotImplementedError
+        found = self._lookup_ram(key)
+        if found is not None:
+            return found
+        return await self._call(self._lookup_slow(key))
 
     def lookup_blocking(self, key: str) -> tuple[Entry, str] | None:
         """`lookup` for sync callers (WSGI): hot inline, slower tiers on the cache's loop."""
-        raise NotImplementedError
+        found = self._lookup_ram(key)
+        if found is not None:
+            return found
+        return self.run_sync(self._lookup_slow(key))  # type: ignore[no-any-return]
 
     def put(self, entry: Entry) -> None:
         """Store into hot now (sync, RAM only); evictions and tracking go to the background."""
-        raise NotImplementedError
+        self._ensure_started()
+        key = entry.key
+        self._pending.pop(key, None)  # an older version on its way down must not land later
+        cold = self._cold_ram
+        if cold is not None:
+            cold.take(key)
+        hot = self._hot_ram
+        if hot is not None:
+            hot.put(entry)
+        else:
+            self._enqueue(entry, ("hot",))
+        self._buffer.set(entry, "hot")
+        if cold is None and not self.cold.reports_evictions and hot is not None:
+            # A shared cold tier is how other processes see this entry: write through now.
+            self._enqueue(entry, ("cold",))
 
     def run_sync(self, coro: Any) -> Any:
         """Run a coroutine on the cache's long-lived loop thread and wait for its result."""
-        raise NotImplementedError
+        if self._loop.in_loop_thread():
+            coro.close()
+            raise OnLoopThreadError(
+                "a blocking tiercache call (a *_sync method, run_sync or lookup_blocking) was "
+                "made from the cache's own loop thread, where it would wait for itself"
+            )
+        self._ensure_started()
+        return self._loop.run(self._after_start(coro))
+
+    def invalidate_local(self, keys: Iterable[str]) -> None:
+        """Drop these keys from this process's RAM tiers and pending moves (another process
+        purged them from the shared tiers)."""
+        for key in keys:
+            self._drop_local(key)
+
+    # ---- RAM-side lookups (any thread) -----------------------------------------------------
+    def _lookup_ram(self, key: str) -> tuple[Entry, str] | None:
+        self._ensure_started()
+        hot = self._hot_ram
+        if hot is not None:
+            entry = self.get_hot(key)
+            if entry is not None:
+                return entry, "hot"
+            expired = hot.take_expired(key)
+            if expired is not None:
+                self._left_hot(expired)
+        cold = self._cold_ram
+        if cold is not None:
+            entry = cold.get_now(key)
+            if entry is not None and cold.take(key) is entry:
+                self._cold_hits += 1
+                self._promote(entry)
+                return entry, "cold"
+            expired = cold.take_expired(key)
+            if expired is not None:
+                self._left_cold(expired)
+        item = self._pending.get(key)
+        if item is not None and item.targets[0] != "hot" and self._pending.pop(key, None) is item:
+            # Caught on its way down: served as a hit of the tier it was going to.
+            tier = item.targets[0]
+            if tier == "cold":
+                self._cold_hits += 1
+            else:
+                self._dry_hits += 1
+            self._promote(item.entry)
+            return item.entry, tier
+        return None
+
+    def _promote(self, entry: Entry) -> None:
+        self._promotions += 1
+        hot = self._hot_ram
+        if hot is not None:
+            hot.put(entry)  # its own residency and tags; last use restarts now
+        else:
+            self._enqueue(entry, ("hot",))
+        self._buffer.set(entry, "hot")
+
+    # ---- demotion ----------------------------------------------------------------------
+    def _left_hot(self, entry: Entry) -> None:
+        self._demotions += 1
+        cold = self._cold_ram
+        if cold is not None:
+            cold.put(entry)
+            self._buffer.set(entry, "cold")
+        elif self.cold.reports_evictions:
+            self._enqueue(entry, ("cold",))
+        else:
+            # The shared tier expires silently: dry gets its copy now, not at eviction.
+            self._enqueue(entry, ("cold", "dry"))
+
+    def _left_cold(self, entry: Entry) -> None:
+        self._demotions += 1
+        self._enqueue(entry, ("dry",))
+
+    def _dry_removed(self, keys: list[str]) -> None:
+        self._buffer.delete(keys)
+
+    def _enqueue(self, entry: Entry, targets: tuple[str, ...]) -> None:
+        item = _Demotion(entry, targets)
+        with self._queue_lock:
+            if len(self._queue) >= DEMOTION_QUEUE_MAX:
+                old = self._queue.popleft()
+                if self._pending.get(old.entry.key) is old:
+                    del self._pending[old.entry.key]
+                self._dropped += 1
+            self._queue.append(item)
+            self._pending[entry.key] = item
+        if not self._wake_sent:
+            self._wake_sent = True
+            self._ensure_started()
+            self._loop.call_soon(self._wake_drain)
+
+    def _wake_drain(self) -> None:
+        if self._drain_event is not None:
+            self._drain_event.set()
+        else:
+            self._wake_sent = False  # not started yet: the start sets the event
+
+    async def _drain_forever(self) -> None:
+        assert self._drain_event is not None
+        while True:
+            await self._drain_event.wait()
+            self._drain_event.clear()
+            self._wake_sent = False
+            await self._drain_queue()
+
+    async def _drain_queue(self) -> None:
+        if self._drain_lock is None:
+            self._drain_lock = asyncio.Lock()
+        # One drainer at a time: close() waits for the move being written, then drains the rest.
+        async with self._drain_lock:
+            while True:
+                with self._queue_lock:
+                    if not self._queue:
+                        return
+                    item = self._queue.popleft()
+                await self._write_move(item)
+
+    async def _write_move(self, item: _Demotion) -> None:
+        key = item.entry.key
+        # Marked before the check: a delete from now on is seen by one side or the other.
+        self._writing[key] = False
+        written: list[str] = []
+        try:
+            if self._pending.get(key) is not item:
+                return  # deleted, replaced or promoted meanwhile
+            for name in item.targets:
+                if await self._guard(name, self._write(name, item.entry), False):
+                    written.append(name)
+            if written:
+                self._buffer.set(item.entry, written[0])
+        finally:
+            deleted = self._writing.pop(key, False)
+            if self._pending.get(key) is item:
+                del self._pending[key]
+        if deleted:
+            for name in written:
+                await self._guard(name, self._tier(name).delete(key), False)
+
+    async def _write(self, name: str, entry: Entry) -> bool:
+        await self._tier(name).set(entry)
+        if name == "dry":
+            self._dry_dirty = True
+        return True
+
+    # ---- removal -------------------------------------------------------------------------
+    def _tier(self, name: str) -> Tier:
+        return {"hot": self.hot, "cold": self.cold, "dry": self.dry}[name]
+
+    def _drop_local(self, key: str) -> bool:
+        removed = self._pending.pop(key, None) is not None
+        if key in self._writing:
+            self._writing[key] = True
+        for ram in (self._hot_ram, self._cold_ram):
+            if ram is not None and ram.take(key) is not None:
+                removed = True
+        return removed
+
+    async def _remove_keys(self, keys: list[str], *, publish: bool = True) -> int:
+        count = 0
+        for key in keys:
+            removed = self._drop_local(key)
+            for name in TIERS:
+                tier = self._tier(name)
+                if isinstance(tier, RamTier):
+                    continue
+                if await self._guard(name, tier.delete(key), False):
+                    removed = True
+            count += removed
+        self._buffer.delete(keys)
+        if publish and keys and self._bus is not None:
+            await self._guard("broadcast", self._bus.publish(keys), None)
+        return count
+
+    async def _purge(self, selectors: list[Tags], keys: list[str]) -> int:
+        found: dict[str, None] = dict.fromkeys(keys)
+        if selectors:
+            await self._flush_tracking()
+            entries = [item.entry for item in list(self._pending.values())]
+            for ram in (self._hot_ram, self._cold_ram):
+                if ram is not None:
+                    entries += ram.entries()
+            for pairs in selectors:
+                tracked = await self._guard("tracking", self.tracking.keys_with_tags(pairs), [])
+                found.update(dict.fromkeys(tracked))
+                wanted = set(pairs)
+                found.update((e.key, None) for e in entries if wanted <= set(e.tags))
+        return await self._remove_keys(list(found))
+
+    async def _flush(self, names: tuple[str, ...]) -> None:
+        with self._queue_lock:
+            for key, item in list(self._pending.items()):
+                if item.targets[0] in names:
+                    del self._pending[key]
+        for name in names:
+            tier = self._tier(name)
+            if isinstance(tier, RamTier):
+                tier.clear()
+            else:
+                await self._guard(name, tier.flush(), None)
+        await self._flush_tracking()
+        if names == TIERS:
+            await self._guard("tracking", self.tracking.clear(), None)
+        else:
+            for name in names:
+                await self._guard("tracking", self.tracking.clear(name), None)
+
+    # ---- background ----------------------------------------------------------------------
+    async def _flush_tracking(self) -> None:
+        lock = self._tracking_lock
+        if lock is None:
+            return
+        async with lock:
+            ops, hit_counts = self._buffer.take()
+            if not ops and not hit_counts:
+                return
+            now = time.time()
+            sets = [(k, *op) for k, op in ops.items() if op is not None]
+            deletes = [k for k, op in ops.items() if op is None]
+            hits = {key: (n, now) for key, n in hit_counts.items()}
+            batch = getattr(self.tracking, "record_batch", None)
+            if batch is not None:
+                await self._guard("tracking", batch(sets=sets, deletes=deletes, hits=hits), None)
+                return
+            tracking = self.tracking
+            if deletes:
+                await self._guard("tracking", tracking.record_delete(deletes), None)
+            for key, tier, tags, size, at in sets:
+                await self._guard("tracking", tracking.record_set(key, tier, tags, size, at), None)
+            if hits:
+                await self._guard("tracking", tracking.record_hits(hits), None)
+
+    async def _tracking_forever(self) -> None:
+        interval = max(0.01, self.config.tracking.flush_interval_seconds)
+        while True:
+            await asyncio.sleep(interval)
+            await self._flush_tracking()
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL)
+            await self._sweep()
+
+    async def _sweep(self) -> None:
+        """Move entries past their residency down, and trim a dry tier that asks for it."""
+        for ram in (self._hot_ram, self._cold_ram):
+            if ram is not None:
+                ram.sweep()
+        trim = getattr(self.dry, "trim", None)
+        max_bytes = self.config.dry.max_size_bytes
+        if self._dry_dirty and trim is not None and max_bytes is not None:
+            self._dry_dirty = False
+            await self._flush_tracking()
+            await self._guard("dry", trim(max_bytes, self.tracking), 0)
+
+    async def _stats(self) -> dict[str, Any]:
+        stats: dict[str, Any] = {
+            "hot_hits": self._hot_hits,
+            "cold_hits": self._cold_hits,
+            "dry_hits": self._dry_hits,
+            "misses": self._misses,
+            "demotions": self._demotions,
+            "promotions": self._promotions,
+            "demotions_dropped": self._dropped,
+            "pending_demotions": len(self._pending),
+        }
+        for name in TIERS:
+            tier = self._tier(name)
+            tier_stats = await self._guard(name, tier.stats(), TierStats(0, 0))
+            stats[f"{name}_entries"] = tier_stats.entries
+            stats[f"{name}_size_bytes"] = tier_stats.size_bytes
+            stats[f"{name}_backend"] = getattr(getattr(self.config, name), "backend", "")
+        for name in (*TIERS, "tracking", "broadcast"):
+            stats[f"{name}_errors"] = self._errors[name]
+        return stats
+
+    async def _lookup_slow(self, key: str) -> tuple[Entry, str] | None:
+        if self._hot_ram is None:
+            entry = await self._guard("hot", self.hot.get(key), None)
+            if entry is not None:
+                self._hot_hits += 1
+                self._buffer.hits[key] = self._buffer.hits.get(key, 0) + 1
+                return entry, "hot"
+        if self._cold_ram is None:
+            entry = await self._guard("cold", self.cold.get(key), None)
+            if entry is not None:
+                self._cold_hits += 1
+                self._promote(entry)
+                return entry, "cold"
+        entry = await self._guard("dry", self.dry.get(key), None)
+        if entry is not None:
+            self._dry_hits += 1
+            self._promote(entry)
+            return entry, "dry"
+        self._misses += 1
+        return None
+
+    # ---- the fault boundary ----------------------------------------------------------------
+    async def _guard(self, name: str, awaitable: Awaitable[T], default: T) -> T:
+        """Every backend call: an exception or a timeout is logged, counted, and a miss."""
+        try:
+            return await asyncio.wait_for(awaitable, BACKEND_TIMEOUT)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._count_error(name, exc)
+            return default
+
+    def _count_error(self, name: str, exc: BaseException) -> None:
+        self._errors[name] += 1
+        now = time.monotonic()
+        if now - self._logged.get(name, -math.inf) >= ERROR_LOG_INTERVAL:
+            self._logged[name] = now
+            log.warning(
+                "tiercache: %s backend failed (%d errors so far), treated as a miss: %s: %s",
+                name,
+                self._errors[name],
+                type(exc).__name__,
+                exc,
+            )
