@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tiercache_mw.config import load_config
+from tiercache_mw.config import RouteRule, load_config
 from tiercache_mw.rules import MEMO_SIZE, RouteTable, TtlRules, compile_pattern
 from tiercache_mw.store.entry import Tags
 
@@ -176,3 +176,11 @@ def test_ttl_rules_without_a_match_give_none() -> None:
     assert rules.for_tags((("kind", "product"),)) is None
     assert rules.for_tags(()) is None
     assert ttl_rules().for_tags((("type", "product"),)) is None
+
+
+def test_hand_built_route_rules_are_compiled_by_the_table() -> None:
+    table = RouteTable((RouteRule("/items/{id:int}", tags=(("type", "item"),)),))
+    rule = table.match("/items/7")
+    assert rule is not None
+    assert rule.tags == (("type", "item"),)
+    assert table.match("/items/x") is None

@@ -110,7 +110,7 @@ class RouteRule:
     pattern: str
     tags: Tags = ()
     cache: bool = True
-    regex: Any = None  # compiled re.Pattern[str], set by the loader
+    regex: re.Pattern[str] | None = None  # compiled by the loader (rules.compile_pattern)
 
 
 @dataclass(frozen=True, slots=True)

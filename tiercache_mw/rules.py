@@ -96,7 +96,11 @@ class RouteTable:
     __slots__ = ("_memo", "_routes")
 
     def __init__(self, routes: tuple[RouteRule, ...]) -> None:
-        self._routes = routes
+        # A RouteRule built by hand (not by load_config) has no regex yet: compile it here.
+        self._routes = tuple(
+            (rule.regex if rule.regex is not None else compile_pattern(rule.pattern), rule)
+            for rule in routes
+        )
         self._memo: dict[str, RouteRule | None] = {}
 
     @classmethod
@@ -120,8 +124,8 @@ class RouteTable:
         except KeyError:
             pass
         found = None
-        for rule in self._routes:
-            if rule.regex.match(path) is not None:
+        for regex, rule in self._routes:
+            if regex.match(path) is not None:
                 found = rule
                 break
         # Safe to forget at any time: routes are frozen, so an answer depends on the path
