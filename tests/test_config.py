@@ -564,7 +564,7 @@ def test_describe_config_says_purges_stay_local_without_redis() -> None:
 def test_docs_example_loads_and_every_key_is_documented(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    text = DOCS.read_text()
+    text = DOCS.read_text(encoding="utf-8")
     example = re.search(r"```yaml\n(.*?)```", text, re.S)
     assert example is not None
     path = tmp_path / "tiercache.yaml"
