@@ -1,0 +1,459 @@
+"""TierCache end to end on the embedded backends (RAM, RAM, local disk, sqlite)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import shutil
+import threading
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tiercache_mw.config import Config, TierConfig, TrackingConfig, TtlRule
+from tiercache_mw.store.cache import TierCache
+from tiercache_mw.store.entry import ENTRY_OVERHEAD_BYTES, Entry, Residency
+from tiercache_mw.store.local import LocalTier
+from tiercache_mw.store.loop import OnLoopThreadError
+
+MISSING = object()
+
+
+def config(
+    tmp_path: Path,
+    *,
+    hot: int | None = 1_000_000,
+    cold: int | None = 1_000_000,
+    hot_ttl: float | None = 3600.0,
+    eviction: str = "sieve",
+    rules: tuple[TtlRule, ...] = (),
+) -> Config:
+    return Config(
+        hot=TierConfig("ram", hot_ttl, hot, eviction=eviction),
+        cold=TierConfig("ram", 86400.0, cold, eviction=eviction),
+        dry=TierConfig("local", None, None, path=str(tmp_path / "dry")),
+        tracking=TrackingConfig(path=str(tmp_path / "index.db"), flush_interval_seconds=0.05),
+        ttl_rules=rules,
+        base_dir=tmp_path,
+    )
+
+
+@pytest.fixture
+def sync_cache(tmp_path: Path) -> Iterator[TierCache]:
+    cache = TierCache(config(tmp_path))
+    yield cache
+    cache.close_sync()
+
+
+@pytest.fixture
+async def cache(tmp_path: Path) -> AsyncIterator[TierCache]:
+    made = TierCache(config(tmp_path))
+    yield made
+    await made.close()
+
+
+async def settle(cache: TierCache) -> dict[str, Any]:
+    """Wait (bounded) until no move is pending, then return the stats."""
+    stats: dict[str, Any] = {}
+    for _ in range(400):
+        stats = await cache.stats()
+        if stats["pending_demotions"] == 0:
+            return stats
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"demotions never settled: {stats}")
+
+
+def entry_size(payload: int) -> int:
+    return payload + ENTRY_OVERHEAD_BYTES
+
+
+# ---- TTL priority -------------------------------------------------------------------------
+RULES = (
+    TtlRule(tag=(("type", "product"),), hot_ttl_seconds=60.0, dry_ttl_seconds=7200.0),
+    TtlRule(tag=(), cold_ttl_seconds=999.0),
+)
+
+
+def test_ttl_priority_call_over_rule_over_tier_default(tmp_path: Path) -> None:
+    cache = TierCache(config(tmp_path, rules=RULES, hot_ttl=100.0))
+    product = (("type", "product"),)
+    assert cache.residency_for(product, ttl_seconds=5.0) == Residency(5.0, 5.0, 5.0)
+    assert cache.residency_for(product) == Residency(60.0, 86400.0, 7200.0)
+    assert cache.residency_for((("type", "page"),)) == Residency(100.0, 999.0, None)
+    plain = TierCache(config(tmp_path))
+    assert plain.residency_for(()) == Residency(3600.0, 86400.0, None)
+
+
+async def test_set_ttl_hours_and_rules_reach_the_entry(tmp_path: Path) -> None:
+    cache = TierCache(config(tmp_path, rules=RULES))
+    try:
+        await cache.set("a", b"1", ttl_hours=2, tags={"type": "product"})
+        await cache.set("b", b"2", tags={"type": "product"})
+        hot_a, hot_b = cache.get_hot("a"), cache.get_hot("b")
+        assert hot_a is not None
+        assert hot_b is not None
+        assert hot_a.residency == Residency(7200.0, 7200.0, 7200.0)
+        assert hot_b.residency.hot == 60.0
+        assert hot_b.tags == (("type", "product"),)
+    finally:
+        await cache.close()
+
+
+# ---- sizes and eviction -------------------------------------------------------------------
+async def test_sizes_count_encoded_bytes_not_getsizeof(tmp_path: Path) -> None:
+    cache = TierCache(config(tmp_path, hot=5_000_000))
+    try:
+        await cache.set("big", {"rows": ["x" * 1000 for _ in range(1000)]})
+        entry = cache.get_hot("big")
+        assert entry is not None
+        assert entry.size > 1_000_000
+        assert (await cache.stats())["hot_size_bytes"] == entry.size
+    finally:
+        await cache.close()
+
+
+async def test_budgets_hold_within_ten_percent_under_churn(tmp_path: Path) -> None:
+    cache = TierCache(config(tmp_path, hot=50_000, cold=100_000))
+    rng = random.Random(3)
+    try:
+        for n in range(1500):
+            await cache.set(f"k{rng.randrange(500)}", os.urandom(rng.randrange(100, 3000)))
+            if n % 2:
+                await cache.get(f"k{rng.randrange(500)}")
+            if n % 100 == 0:
+                stats = await cache.stats()
+                assert stats["hot_size_bytes"] <= 50_000
+                assert stats["cold_size_bytes"] <= 100_000
+        stats = await settle(cache)
+        assert 45_000 <= stats["hot_size_bytes"] <= 50_000
+        assert 90_000 <= stats["cold_size_bytes"] <= 100_000
+    finally:
+        await cache.close()
+
+
+@pytest.mark.parametrize(
+    ("eviction", "kept", "evicted"),
+    [("sieve", {"a", "c", "e"}, {"b", "d"}), ("lru", {"c", "d", "e"}, {"a", "b"})],
+)
+async def test_eviction_policy_decides_what_leaves_hot(
+    tmp_path: Path, eviction: str, kept: set[str], evicted: set[str]
+) -> None:
+    cache = TierCache(config(tmp_path, hot=entry_size(100) * 3, eviction=eviction))
+    try:
+        for key in "abc":
+            await cache.set(key, b"x" * 100)
+        assert cache.get_hot("a") is not None
+        await cache.set("d", b"x" * 100)  # both evict b: unvisited / least recently used
+        assert cache.get_hot("c") is not None
+        await cache.set("e", b"x" * 100)  # sieve: the hand clears c, evicts d; lru: a
+        hot = {key for key in "abcde" if key in cache.hot}  # type: ignore[operator]
+        assert hot == kept
+        assert all(key in cache.cold for key in evicted)  # type: ignore[operator]
+    finally:
+        await cache.close()
+
+
+# ---- the chain --------------------------------------------------------------------------------
+async def test_entries_flow_hot_to_cold_to_dry_and_every_one_is_served(tmp_path: Path) -> None:
+    cache = TierCache(config(tmp_path, hot=entry_size(200) * 4, cold=entry_size(200) * 8))
+    try:
+        for n in range(30):
+            await cache.set(f"k{n}", bytes([n]) * 200, tags={"n": str(n)})
+        stats = await settle(cache)
+        assert (stats["hot_entries"], stats["cold_entries"]) == (4, 8)
+        assert stats["dry_entries"] == 18
+        assert stats["demotions"] == 26 + 18  # hot -> cold, then cold -> dry
+        tiers = []
+        for n in reversed(range(30)):  # newest first: each tier is met before promotions churn it
+            found = await cache.lookup(f"k{n}")
+            assert found is not None
+            entry, tier = found
+            assert entry.value == bytes([n]) * 200
+            tiers.append(tier)
+        assert {"cold", "dry"} <= set(tiers)
+        stats = await cache.stats()
+        assert stats["promotions"] == tiers.count("cold") + tiers.count("dry")
+    finally:
+        await cache.close()
+
+
+async def test_promotion_keeps_the_entry_residency_and_tags(tmp_path: Path) -> None:
+    cache = TierCache(config(tmp_path, hot=entry_size(100) * 2, cold=entry_size(100) * 2))
+    try:
+        await cache.set("mine", b"m" * 100, ttl_seconds=777.0, tags={"type": "special"})
+        for n in range(6):
+            await cache.set(f"other{n}", b"o" * 100)
+        await settle(cache)
+        assert cache.get_hot("mine") is None
+        found = await cache.lookup("mine")
+        assert found is not None
+        assert found[1] == "dry"
+        promoted = cache.get_hot("mine")
+        assert promoted is not None
+        assert promoted.residency == Residency(777.0, 777.0, 777.0)
+        assert promoted.tags == (("type", "special"),)
+    finally:
+        await cache.close()
+
+
+async def test_hot_residency_end_moves_the_entry_to_cold(tmp_path: Path) -> None:
+    cache = TierCache(config(tmp_path, hot_ttl=0.05))
+    try:
+        await cache.set("k", b"v")
+        await asyncio.sleep(0.1)
+        assert cache.get_hot("k") is None
+        await cache._call(cache._sweep())  # what the sweeper task does every second
+        assert "k" in cache.cold  # type: ignore[operator]
+        found = await cache.lookup("k")
+        assert found is not None
+        assert found[1] == "cold"
+    finally:
+        await cache.close()
+
+
+async def test_delete_racing_a_demotion_does_not_resurrect(tmp_path: Path) -> None:
+    gate = threading.Event()
+    writing = threading.Event()
+
+    class GatedDry(LocalTier):
+        async def set(self, entry: Entry) -> None:
+            writing.set()
+            await asyncio.to_thread(gate.wait, 10)
+            await super().set(entry)
+
+    cache = TierCache(config(tmp_path, hot=entry_size(10), cold=entry_size(10)))
+    cache.dry = GatedDry("dry", cache.config.dry, tmp_path / "dry")
+    try:
+        await cache.set("queued", b"q" * 10)
+        await cache.set("push1", b"p" * 10)  # queued: hot -> cold
+        await cache.set("push2", b"p" * 10)  # queued: cold -> dry, the write now waits
+        await asyncio.to_thread(writing.wait, 10)
+        assert await cache.delete("queued") is True
+        gate.set()
+        await settle(cache)
+        assert await cache.get("queued", MISSING) is MISSING
+        assert not cache.dry.path_for("queued").exists()  # type: ignore[attr-defined]
+    finally:
+        gate.set()
+        await cache.close()
+
+
+async def test_delete_of_an_entry_waiting_in_the_queue(tmp_path: Path) -> None:
+    cache = TierCache(config(tmp_path, hot=entry_size(10), cold=entry_size(10)))
+    try:
+        for key in ("a", "b", "c", "d"):
+            cache.put(cache.make_entry(key, b"x" * 10, (), cache.residency_for(())))
+        removed = [await cache.delete(key) for key in ("a", "b")]
+        assert removed == [True, True]
+        await settle(cache)
+        assert await cache.get("a", MISSING) is MISSING
+        assert await cache.get("b", MISSING) is MISSING
+        assert await cache.get("c") == b"x" * 10
+    finally:
+        await cache.close()
+
+
+async def test_flush_hot_leaves_cold_and_dry(tmp_path: Path) -> None:
+    cache = TierCache(config(tmp_path, hot=entry_size(10), cold=entry_size(10)))
+    try:
+        for key in ("dry", "cold", "hot"):
+            await cache.set(key, key.encode().ljust(10))
+        await settle(cache)
+        await cache.flush("hot")
+        stats = await cache.stats()
+        assert (stats["hot_entries"], stats["cold_entries"], stats["dry_entries"]) == (0, 1, 1)
+        assert await cache.get("hot") is None
+        assert await cache.get("cold") is not None
+        await cache.flush("dry")
+        assert await cache.get("dry") is None
+        with pytest.raises(ValueError, match="tier"):
+            await cache.flush("warm")
+    finally:
+        await cache.close()
+
+
+# ---- the key/value API -----------------------------------------------------------------------
+async def test_stored_none_is_told_apart_from_a_miss(cache: TierCache) -> None:
+    await cache.set("none", None)
+    assert await cache.get("none", MISSING) is None
+    assert await cache.get("absent", MISSING) is MISSING
+    assert await cache.get("absent") is None
+
+
+async def test_values_round_trip_through_dry(tmp_path: Path) -> None:
+    cache = TierCache(config(tmp_path))
+    values = {"bytes": b"\x00\xff", "dict": {"a": [1, 2.5, None]}, "none": None, "text": "é"}
+    for key, value in values.items():
+        await cache.set(key, value)
+    await cache.close()
+    reopened = TierCache(config(tmp_path))
+    try:
+        for key, value in values.items():
+            assert await reopened.get(key, MISSING) == value
+    finally:
+        await reopened.close()
+
+
+async def test_unpackable_value_is_refused_at_set(cache: TierCache) -> None:
+    with pytest.raises(TypeError, match="msgpack"):
+        await cache.set("bad", object())
+
+
+async def test_purge_by_tag_and_url_sees_unflushed_tracking(tmp_path: Path) -> None:
+    cache = TierCache(config(tmp_path, hot=entry_size(20) * 2, cold=entry_size(20) * 2))
+    try:
+        for n in range(8):
+            tags = (("type", "product" if n % 2 else "page"), ("url", f"http://x/{n}"))
+            await cache.set(f"k{n}", b"v" * 20, tags=tags)
+        assert await cache.purge(tags={"type": "product"}) == 4
+        assert await cache.purge(url="http://x/0") == 1
+        await settle(cache)
+        assert [await cache.get(f"k{n}", MISSING) is MISSING for n in range(8)] == [
+            True, True, False, True, False, True, False, True,
+        ]  # fmt: skip
+        assert await cache.purge(keys=["k2", "nope"]) == 1
+    finally:
+        await cache.close()
+
+
+async def test_close_persists_ram_and_a_new_cache_serves_from_dry(tmp_path: Path) -> None:
+    first = TierCache(config(tmp_path, hot=entry_size(50) * 3))
+    for n in range(6):
+        await first.set(f"k{n}", b"z" * 50, tags={"n": str(n)})
+    await first.close()
+    second = TierCache(config(tmp_path))
+    try:
+        assert (await second.stats())["dry_entries"] == 6
+        for n in range(6):
+            found = await second.lookup(f"k{n}")
+            assert found is not None
+            assert found[1] == "dry"
+            assert found[0].tags == (("n", str(n)),)
+        assert await second.purge(tags={"n": "3"}) == 1, "the index survived the restart"
+    finally:
+        await second.close()
+
+
+# ---- loops and threads -------------------------------------------------------------------
+def test_sync_twins_twice_in_a_row_from_plain_code(sync_cache: TierCache) -> None:
+    for _ in range(2):
+        sync_cache.set_sync("k", {"v": 1}, tags={"t": "x"})
+        assert sync_cache.get_sync("k") == {"v": 1}
+        assert sync_cache.stats_sync()["hot_entries"] == 1
+        assert sync_cache.delete_sync("k") is True
+        assert sync_cache.purge_sync(tags={"t": "x"}) == 0
+        sync_cache.flush_sync("all")
+
+
+async def test_sync_twins_from_a_running_loops_thread_pool(sync_cache: TierCache) -> None:
+    def work(n: int) -> Any:
+        sync_cache.set_sync(f"k{n}", n)
+        sync_cache.set_sync(f"k{n}", n + 1)
+        return sync_cache.get_sync(f"k{n}")
+
+    results = await asyncio.gather(*(asyncio.to_thread(work, n) for n in range(8)))
+    assert results == [n + 1 for n in range(8)]
+    loop = asyncio.get_running_loop()
+    assert await loop.run_in_executor(None, sync_cache.stats_sync) is not None
+
+
+async def test_async_api_works_from_two_different_loops(tmp_path: Path) -> None:
+    cache = TierCache(config(tmp_path))
+    await cache.set("k", b"v")
+
+    def other_loop() -> Any:
+        async def use() -> Any:
+            await cache.set("k2", b"v2")
+            return await cache.get("k"), await cache.get("k2")
+
+        return asyncio.run(use())
+
+    assert await asyncio.to_thread(other_loop) == (b"v", b"v2")
+    await cache.close()
+
+
+async def test_a_sync_call_on_the_cache_loop_raises_instead_of_deadlocking(
+    sync_cache: TierCache,
+) -> None:
+    async def on_cache_loop() -> None:
+        sync_cache.get_sync("k")
+
+    with pytest.raises(OnLoopThreadError, match="own loop thread"):
+        sync_cache.run_sync(on_cache_loop())
+
+
+async def test_start_is_idempotent(cache: TierCache) -> None:
+    await asyncio.gather(cache.start(), cache.start())
+    await cache.start()
+    assert (await cache.stats())["hot_entries"] == 0
+
+
+# ---- faults ------------------------------------------------------------------------------
+async def test_a_corrupt_dry_file_is_a_miss_and_is_removed(tmp_path: Path) -> None:
+    first = TierCache(config(tmp_path))
+    await first.set("k", b"v" * 100)
+    await first.close()
+    dry = LocalTier("dry", TierConfig("local", None, None), tmp_path / "dry")
+    dry.path_for("k").write_bytes(b"\x93\x01truncated")
+    cache = TierCache(config(tmp_path))
+    try:
+        assert await cache.get("k", MISSING) is MISSING
+        assert not dry.path_for("k").exists()
+        assert (await cache.stats())["dry_errors"] == 0, "a bad file is a miss, not a fault"
+    finally:
+        await cache.close()
+
+
+async def test_a_failing_dry_tier_is_a_miss_and_an_error_count(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cache = TierCache(config(tmp_path, hot=entry_size(10), cold=entry_size(10)))
+    try:
+        await cache.start()
+        shutil.rmtree(tmp_path / "dry", ignore_errors=True)
+        (tmp_path / "dry").write_text("not a directory")  # every write now fails
+        for key in ("a", "b", "c", "d"):
+            await cache.set(key, b"x" * 10)
+        stats = await settle(cache)
+        assert stats["dry_errors"] >= 1
+        assert await cache.get("a", MISSING) is MISSING
+        assert await cache.get("d") == b"x" * 10, "the working tiers still serve"
+        assert caplog.text.count("dry backend failed") == 1, "logged once per interval"
+        (tmp_path / "dry").unlink()
+        await cache.set("e", b"x" * 10)
+        await cache.set("f", b"x" * 10)
+        await cache.set("g", b"x" * 10)
+        await settle(cache)
+        assert await cache.get("e") == b"x" * 10, "the tier is used again"
+    finally:
+        await cache.close()
+
+
+async def test_demotion_queue_overflow_drops_the_oldest_and_counts_it(tmp_path: Path) -> None:
+    import tiercache_mw.store.cache as cache_module
+
+    cache = TierCache(config(tmp_path, hot=entry_size(10), cold=entry_size(10)))
+    limit = cache_module.DEMOTION_QUEUE_MAX
+    cache_module.DEMOTION_QUEUE_MAX = 3
+    try:
+        await cache.start()
+        gate = threading.Event()
+        real_set = cache.dry.set
+
+        async def slow_set(entry: Entry) -> None:
+            await asyncio.to_thread(gate.wait, 10)
+            await real_set(entry)
+
+        cache.dry.set = slow_set  # type: ignore[method-assign]
+        for n in range(10):
+            cache.put(cache.make_entry(f"k{n}", b"x" * 10, (), cache.residency_for(())))
+        gate.set()
+        stats = await settle(cache)
+        assert stats["demotions_dropped"] >= 4
+        assert stats["hot_entries"] + stats["cold_entries"] + stats["dry_entries"] < 10
+    finally:
+        cache_module.DEMOTION_QUEUE_MAX = limit
+        await cache.close()
