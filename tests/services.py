@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import pwd
 import shutil
@@ -305,6 +306,8 @@ def start_s3() -> S3Server:
         raise ServiceUnavailable(
             f"moto[server] is not installed: pip install -e '.[dev]' ({exc})"
         ) from exc
+    # moto serves through werkzeug, which logs every request to stderr.
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
     port = free_port()
     server = ThreadedMotoServer(ip_address=HOST, port=port, verbose=False)
     server.start()
