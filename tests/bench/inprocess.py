@@ -1,0 +1,339 @@
+"""In-process timing: call each app directly with a prebuilt scope or environ, the way a server
+would, many times; report the median over rounds of the mean time per request.
+
+Every measured response is checked after its round (status, body, Cache-Status, whether the
+app behind the cache was reached), so a number in the table is always for what its label says.
+The garbage collector stays on: per-request allocations cost their share of collections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import io
+import json
+import statistics
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tests.bench import subjects as s
+from tests.bench.suite import Spec
+
+__all__ = ["InProcessResult", "Plan", "run_asgi_specs", "run_wsgi_specs"]
+
+HOST = b"bench.local"
+SETTLE_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How long to measure: `rounds` rounds of about `round_seconds` each (at least
+    `min_calls` calls a round, at most `max_calls`)."""
+
+    rounds: int
+    round_seconds: float
+    min_calls: int
+    max_calls: int
+    per_call_max: int  # calls a round when each call needs an untimed flush first
+
+
+@dataclass(frozen=True)
+class InProcessResult:
+    spec: Spec
+    us: float  # median over rounds of µs per request
+    us_min: float  # fastest round
+    spread: float  # (slowest - fastest) / median over rounds
+    calls: int  # measured calls in total
+
+
+class BenchCheckError(AssertionError):
+    """A measured response was not what the subject claims to measure."""
+
+
+def asgi_scope(path: str) -> dict[str, Any]:
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", HOST), (b"user-agent", b"bench/1"), (b"accept", b"*/*")],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8000),
+    }
+
+
+def wsgi_environ(path: str) -> dict[str, Any]:
+    return {
+        "REQUEST_METHOD": "GET",
+        "SCRIPT_NAME": "",
+        "PATH_INFO": path,
+        "QUERY_STRING": "",
+        "SERVER_NAME": "127.0.0.1",
+        "SERVER_PORT": "8000",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "REMOTE_ADDR": "127.0.0.1",
+        "HTTP_HOST": HOST.decode(),
+        "HTTP_USER_AGENT": "bench/1",
+        "HTTP_ACCEPT": "*/*",
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": "http",
+        "wsgi.input": io.BytesIO(b""),
+        "wsgi.errors": io.StringIO(),
+        "wsgi.multithread": False,
+        "wsgi.multiprocess": False,
+        "wsgi.run_once": False,
+    }
+
+
+# ---- checks ---------------------------------------------------------------------------------
+def _check(spec: Spec, responses: list[tuple[int, dict[bytes, bytes], bytes]], calls: int) -> None:
+    if not responses:
+        raise BenchCheckError(f"{spec.name}: no response captured")
+    for status, headers, body in responses:
+        if status != 200:
+            raise BenchCheckError(f"{spec.name}: status {status}")
+        if body != s.BODY and json.loads(body) != s.PAYLOAD:
+            raise BenchCheckError(f"{spec.name}: unexpected body {body[:60]!r}")
+        if spec.cache_status:
+            got = headers.get(b"cache-status", b"").decode()
+            if spec.cache_status not in got:
+                raise BenchCheckError(
+                    f"{spec.name}: Cache-Status {got!r} lacks {spec.cache_status!r}"
+                )
+    if spec.behind is not None:
+        if spec.app_called and calls != len(responses):
+            raise BenchCheckError(f"{spec.name}: app ran {calls}x for {len(responses)} misses")
+        if not spec.app_called and calls:
+            raise BenchCheckError(f"{spec.name}: app ran {calls}x during hits")
+
+
+def _asgi_responses(sink: list[dict[str, Any]]) -> list[tuple[int, dict[bytes, bytes], bytes]]:
+    out: list[tuple[int, dict[bytes, bytes], bytes]] = []
+    status, headers, parts = 0, {}, []
+    for message in sink:
+        if message["type"] == "http.response.start":
+            status = message["status"]
+            headers = {bytes(k).lower(): bytes(v) for k, v in message.get("headers", ())}
+            parts = []
+        elif message["type"] == "http.response.body":
+            parts.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                out.append((status, headers, b"".join(parts)))
+    return out
+
+
+def _calls_for(spec: Spec, n: int, per_call: bool) -> int:
+    return n
+
+
+def _round_sizes(plan: Plan, estimate_ns: float, per_call: bool) -> int:
+    calls = int(plan.round_seconds * 1e9 / max(estimate_ns, 1.0))
+    calls = max(plan.min_calls, min(plan.max_calls, calls))
+    return min(calls, plan.per_call_max) if per_call else calls
+
+
+def _summarise(spec: Spec, rounds_ns: list[float], calls: int) -> InProcessResult:
+    median = statistics.median(rounds_ns)
+    return InProcessResult(
+        spec=spec,
+        us=median / 1000,
+        us_min=min(rounds_ns) / 1000,
+        spread=(max(rounds_ns) - min(rounds_ns)) / median if median else 0.0,
+        calls=calls,
+    )
+
+
+# ---- ASGI -------------------------------------------------------------------------------------
+async def _settle(cache: Any) -> None:
+    """Wait until demotions queued by the warm-up requests have been written."""
+    deadline = time.monotonic() + SETTLE_TIMEOUT
+    while time.monotonic() < deadline:
+        stats = await cache.stats()
+        if not stats.get("pending_demotions", 0):
+            return
+        await asyncio.sleep(0.01)
+    raise BenchCheckError("demotions still pending after warm-up")
+
+
+async def _measure_asgi(spec: Spec, app: Any, plan: Plan) -> InProcessResult:
+    sink: list[dict[str, Any]] = []
+    append = sink.append
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        append(message)
+
+    cache = getattr(app, "cache", None)
+    for path in spec.warm:
+        await app(asgi_scope(path), receive, send)
+    if cache is not None:
+        await _settle(cache)
+    _asgi_responses(sink)  # the warm-up answers are not checked: they are misses
+    sink.clear()
+    scopes = [asgi_scope(path) for path in spec.paths]
+    flush: Callable[[], Awaitable[None]] | None = None
+    if spec.flush is not None:
+        tier = spec.flush
+        flush = lambda: cache.flush(tier=tier)  # noqa: E731
+
+    async def one_round(n: int) -> float:
+        order = [scopes[i % len(scopes)] for i in range(n)]
+        if flush is None:
+            t0 = time.perf_counter_ns()
+            for scope in order:
+                await app(scope.copy(), receive, send)
+            return (time.perf_counter_ns() - t0) / n
+        total = 0
+        for scope in order:
+            await flush()
+            t0 = time.perf_counter_ns()
+            await app(scope.copy(), receive, send)
+            total += time.perf_counter_ns() - t0
+        return total / n
+
+    estimate = await one_round(min(50, plan.min_calls))
+    sink.clear()
+    n = _round_sizes(plan, estimate, flush is not None)
+    rounds: list[float] = []
+    for _ in range(plan.rounds):
+        before = s.CALLS[spec.behind] if spec.behind else 0
+        gc.collect()
+        rounds.append(await one_round(n))
+        after = s.CALLS[spec.behind] if spec.behind else 0
+        _check(spec, _asgi_responses(sink), after - before)
+        sink.clear()
+    return _summarise(spec, rounds, n * plan.rounds)
+
+
+async def _run_asgi(
+    specs: list[Spec], tmp: Path, plan: Plan, log: Callable[[str], None]
+) -> list[InProcessResult]:
+    results = []
+    for spec in specs:
+        workdir = tmp / spec.name
+        workdir.mkdir(parents=True, exist_ok=True)
+        app = spec.build(workdir)
+        try:
+            result = await _measure_asgi(spec, app, plan)
+        finally:
+            await _close_asgi(app)
+        log(f"  {spec.name:<22} {result.us:9.2f} µs/request")
+        results.append(result)
+    return results
+
+
+async def _close_asgi(app: Any) -> None:
+    cache = getattr(app, "cache", None)
+    if cache is not None and hasattr(cache, "close"):
+        await cache.close()
+    aclose = getattr(app, "aclose", None)
+    if aclose is not None:
+        await aclose()
+
+
+def run_asgi_specs(
+    specs: list[Spec], tmp: Path, plan: Plan, log: Callable[[str], None] = print
+) -> list[InProcessResult]:
+    return asyncio.run(_run_asgi(specs, tmp, plan, log))
+
+
+# ---- WSGI -------------------------------------------------------------------------------------
+def _settle_sync(cache: Any) -> None:
+    deadline = time.monotonic() + SETTLE_TIMEOUT
+    while time.monotonic() < deadline:
+        if not cache.stats_sync().get("pending_demotions", 0):
+            return
+        time.sleep(0.01)
+    raise BenchCheckError("demotions still pending after warm-up")
+
+
+def _measure_wsgi(spec: Spec, app: Any, plan: Plan) -> InProcessResult:
+    sink: list[tuple[int, dict[bytes, bytes], bytes]] = []
+    head: list[Any] = [None, None]
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        head[0] = status
+        head[1] = headers
+        return None
+
+    def call(environ: dict[str, Any]) -> None:
+        result = app(environ, start_response)
+        try:
+            body = b"".join(result)
+        finally:
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
+        sink.append((head[0], head[1], body))  # type: ignore[arg-type]
+
+    def decoded() -> list[tuple[int, dict[bytes, bytes], bytes]]:
+        return [
+            (int(status.split(" ", 1)[0]), {k.lower().encode(): v.encode() for k, v in hs}, body)
+            for status, hs, body in sink  # type: ignore[misc]
+        ]
+
+    cache = getattr(app, "cache", None)
+    for path in spec.warm:
+        call(wsgi_environ(path))
+    if cache is not None:
+        _settle_sync(cache)
+    sink.clear()
+    environs = [wsgi_environ(path) for path in spec.paths]
+    tier = spec.flush
+
+    def one_round(n: int) -> float:
+        order = [environs[i % len(environs)] for i in range(n)]
+        if tier is None:
+            t0 = time.perf_counter_ns()
+            for environ in order:
+                call(environ.copy())
+            return (time.perf_counter_ns() - t0) / n
+        total = 0
+        for environ in order:
+            cache.flush_sync(tier)
+            t0 = time.perf_counter_ns()
+            call(environ.copy())
+            total += time.perf_counter_ns() - t0
+        return total / n
+
+    estimate = one_round(min(50, plan.min_calls))
+    sink.clear()
+    n = _round_sizes(plan, estimate, tier is not None)
+    rounds: list[float] = []
+    for _ in range(plan.rounds):
+        before = s.CALLS[spec.behind] if spec.behind else 0
+        gc.collect()
+        rounds.append(one_round(n))
+        after = s.CALLS[spec.behind] if spec.behind else 0
+        _check(spec, decoded(), after - before)
+        sink.clear()
+    return _summarise(spec, rounds, n * plan.rounds)
+
+
+def run_wsgi_specs(
+    specs: list[Spec], tmp: Path, plan: Plan, log: Callable[[str], None] = print
+) -> list[InProcessResult]:
+    results = []
+    for spec in specs:
+        workdir = tmp / spec.name
+        workdir.mkdir(parents=True, exist_ok=True)
+        app = spec.build(workdir)
+        try:
+            result = _measure_wsgi(spec, app, plan)
+        finally:
+            cache = getattr(app, "cache", None)
+            if cache is not None:
+                cache.close_sync()
+        log(f"  {spec.name:<22} {result.us:9.2f} µs/request")
+        results.append(result)
+    return results

@@ -1,0 +1,247 @@
+"""The apps under test: one small builder per subject, all answering GET /item with the same
+1 KB JSON document, so every figure is a ratio to the raw constant app of the same kind.
+
+Each builder takes a private temp directory (every file a cache writes goes under it) and
+returns the app. Apps that sit behind a cache count their calls in `CALLS`, so the harness
+can prove a "hit" subject never reached its app and a "miss" subject always did.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+__all__ = [
+    "BODY",
+    "CACHE_CONTROL",
+    "CALLS",
+    "PAYLOAD",
+    "StartResponse",
+    "WSGIApp",
+    "cashews_app",
+    "counted_asgi",
+    "counted_wsgi",
+    "fastapi_bare",
+    "fastapi_cache2_app",
+    "flask_bare",
+    "flask_caching_app",
+    "hishel_app",
+    "raw_asgi",
+    "raw_wsgi",
+    "tiercache_asgi",
+    "tiercache_config",
+    "tiercache_wsgi",
+]
+
+StartResponse = Callable[..., Any]
+WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
+
+# A 1 KB JSON document (1,024 bytes once serialised compactly).
+PAYLOAD: dict[str, Any] = {
+    "id": 42,
+    "name": "benchmark item",
+    "tags": [f"tag-{i:02d}" for i in range(20)],
+    "values": list(range(100, 100 + 113)),
+}
+BODY = json.dumps(PAYLOAD, separators=(",", ":")).encode()
+PAYLOAD["pad"] = "x" * max(0, 1024 - len(BODY) - len(',"pad":""'))
+BODY = json.dumps(PAYLOAD, separators=(",", ":")).encode()
+CACHE_CONTROL = "public, max-age=3600"
+NO_STORE = "no-store"
+
+# Calls that reached an app sitting behind a cache, per subject name.
+CALLS: collections.Counter[str] = collections.Counter()
+
+
+def _asgi_headers(cache_control: str | None) -> list[tuple[bytes, bytes]]:
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(BODY))]
+    if cache_control is not None:
+        headers.append((b"cache-control", cache_control.encode()))
+    return headers
+
+
+def raw_asgi() -> ASGIApp:
+    """The floor: a constant response, prebuilt once."""
+    start = {"type": "http.response.start", "status": 200, "headers": _asgi_headers(None)}
+    body = {"type": "http.response.body", "body": BODY}
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await send(start)
+        await send(body)
+
+    return app
+
+
+def counted_asgi(name: str, cache_control: str) -> ASGIApp:
+    """The constant app with a Cache-Control header, counting its calls (the origin behind
+    a caching middleware)."""
+    headers = _asgi_headers(cache_control)
+    body = {"type": "http.response.body", "body": BODY}
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        CALLS[name] += 1
+        await send({"type": "http.response.start", "status": 200, "headers": list(headers)})
+        await send(body)
+
+    return app
+
+
+def _wsgi_headers(cache_control: str | None) -> list[tuple[str, str]]:
+    headers = [("Content-Type", "application/json"), ("Content-Length", str(len(BODY)))]
+    if cache_control is not None:
+        headers.append(("Cache-Control", cache_control))
+    return headers
+
+
+def raw_wsgi() -> WSGIApp:
+    headers = _wsgi_headers(None)
+    body = [BODY]
+
+    def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        start_response("200 OK", headers)
+        return body
+
+    return app
+
+
+def counted_wsgi(name: str, cache_control: str) -> WSGIApp:
+    headers = _wsgi_headers(cache_control)
+
+    def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        CALLS[name] += 1
+        start_response("200 OK", list(headers))
+        return [BODY]
+
+    return app
+
+
+# ---- frameworks ---------------------------------------------------------------------------
+def fastapi_bare() -> ASGIApp:
+    from fastapi import FastAPI
+
+    app = FastAPI()
+
+    @app.get("/item")
+    async def item() -> dict[str, Any]:
+        return PAYLOAD
+
+    return app
+
+
+def flask_bare() -> WSGIApp:
+    from flask import Flask
+
+    app = Flask("bench_flask_bare")
+
+    @app.get("/item")
+    def item() -> dict[str, Any]:
+        return PAYLOAD
+
+    return app.wsgi_app
+
+
+# ---- peers --------------------------------------------------------------------------------
+def fastapi_cache2_app(name: str = "fastapi-cache2") -> ASGIApp:
+    from fastapi import FastAPI
+    from fastapi_cache import FastAPICache
+    from fastapi_cache.backends.inmemory import InMemoryBackend
+    from fastapi_cache.decorator import cache
+
+    # fastapi-cache2 keeps its backend in class state: init once per process is its usage.
+    FastAPICache.init(InMemoryBackend(), prefix="bench")
+    app = FastAPI()
+
+    @app.get("/item")
+    @cache(expire=3600)
+    async def item() -> dict[str, Any]:
+        CALLS[name] += 1
+        return PAYLOAD
+
+    return app
+
+
+def cashews_app(name: str = "cashews") -> ASGIApp:
+    from cashews import cache
+    from fastapi import FastAPI
+
+    cache.setup("mem://")
+    app = FastAPI()
+
+    @app.get("/item")
+    @cache(ttl="1h")
+    async def item() -> dict[str, Any]:
+        CALLS[name] += 1
+        return PAYLOAD
+
+    return app
+
+
+def hishel_app(tmp: Path, name: str = "hishel") -> ASGIApp:
+    from hishel import AsyncSqliteStorage
+    from hishel.asgi import ASGICacheMiddleware
+
+    storage = AsyncSqliteStorage(database_path=str(tmp / "hishel.db"))
+    return ASGICacheMiddleware(counted_asgi(name, CACHE_CONTROL), storage=storage)  # type: ignore[arg-type]
+
+
+def flask_caching_app(name: str = "flask-caching") -> WSGIApp:
+    from flask import Flask
+    from flask_caching import Cache
+
+    app = Flask("bench_flask_caching")
+    cache = Cache(app, config={"CACHE_TYPE": "SimpleCache", "CACHE_DEFAULT_TIMEOUT": 3600})
+
+    @app.get("/item")
+    @cache.cached()
+    def item() -> dict[str, Any]:
+        CALLS[name] += 1
+        return PAYLOAD
+
+    return app.wsgi_app
+
+
+# ---- tiercache_mw -------------------------------------------------------------------------
+def tiercache_config(
+    tmp: Path,
+    *,
+    hot_bytes: int = 64 * 1024**2,
+    cold_bytes: int = 256 * 1024**2,
+    eviction: str = "sieve",
+) -> dict[str, Any]:
+    return {
+        "hot_cache": {"backend": "ram", "max_size_bytes": hot_bytes, "eviction": eviction},
+        "cold_cache": {"backend": "ram", "max_size_bytes": cold_bytes, "eviction": eviction},
+        "dry_cache": {"backend": "local", "path": str(tmp / "dry")},
+        "tracking": {"backend": "sqlite", "path": str(tmp / "index.db")},
+    }
+
+
+def tiercache_asgi(
+    tmp: Path, name: str, *, cache_control: str = CACHE_CONTROL, **sizes: Any
+) -> ASGIApp:
+    from tiercache_mw import CacheMiddleware, TierCache
+
+    cache = TierCache.from_dict(tiercache_config(tmp, **sizes))
+    return CacheMiddleware(counted_asgi(name, cache_control), cache=cache)
+
+
+def tiercache_wsgi(
+    tmp: Path, name: str, *, cache_control: str = CACHE_CONTROL, **sizes: Any
+) -> WSGIApp:
+    from tiercache_mw import TierCache, WSGICacheMiddleware
+
+    cache = TierCache.from_dict(tiercache_config(tmp, **sizes))
+    return WSGICacheMiddleware(counted_wsgi(name, cache_control), cache=cache)
