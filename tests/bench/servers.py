@@ -1,0 +1,228 @@
+"""Throughput under a real server: uvicorn (uvloop, httptools, 1 worker) for ASGI subjects,
+gunicorn (1 sync worker) for WSGI ones, each a subprocess on a free 127.0.0.1 port, loaded by
+wrk when it is on PATH, else by a Python client in another process. Every server is stopped
+before the next starts, whatever happens."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http.client
+import multiprocessing
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.bench.suite import Spec
+
+__all__ = ["ServerResult", "free_port", "load_tool", "run_server_specs"]
+
+STARTUP_TIMEOUT = 20.0
+STOP_TIMEOUT = 5.0
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class ServerResult:
+    spec: Spec
+    server: str  # "uvicorn" | "gunicorn"
+    rps: float
+    p50_ms: float | None
+    p99_ms: float | None
+    errors: int  # non-2xx answers and socket errors
+    tool: str
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def load_tool() -> str:
+    return "wrk" if shutil.which("wrk") else "python-client"
+
+
+def _command(spec: Spec, port: int) -> tuple[str, list[str]]:
+    if spec.kind == "asgi":
+        return "uvicorn", [
+            sys.executable, "-m", "uvicorn", "tests.bench.serve:app",
+            "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+            "--loop", "uvloop", "--http", "httptools", "--ws", "none",
+            "--no-access-log", "--log-level", "warning", "--lifespan", "auto",
+        ]  # fmt: skip
+    return "gunicorn", [
+        sys.executable, "-m", "gunicorn", "tests.bench.serve:app",
+        "--bind", f"127.0.0.1:{port}", "--workers", "1", "--worker-class", "sync",
+        "--log-level", "warning",
+    ]  # fmt: skip
+
+
+def _get(port: int, path: str = "/item") -> tuple[int, dict[str, str]]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", path, headers={"Host": "bench.local"})
+        response = conn.getresponse()
+        response.read()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}
+    finally:
+        conn.close()
+
+
+@contextlib.contextmanager
+def _server(spec: Spec, port: int, tmp: Path) -> Iterator[str]:
+    name, command = _command(spec, port)
+    env = {
+        **os.environ,
+        "TIERCACHE_BENCH_SUBJECT": spec.name,
+        "TIERCACHE_BENCH_TMP": str(tmp / f"server-{spec.name}"),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
+    log = (tmp / f"server-{spec.name}.log").open("wb")
+    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} for {spec.name} exited: see {log.name}")
+            try:
+                _get(port)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{name} for {spec.name} did not start") from None
+                time.sleep(0.05)
+        yield name
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+# ---- load generators --------------------------------------------------------------------------
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def _ms(text: str) -> float:
+    match = re.fullmatch(r"([\d.]+)(us|ms|s)", text)
+    if match is None:
+        raise ValueError(f"not a wrk duration: {text!r}")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def _wrk(port: int, seconds: float, connections: int, threads: int) -> tuple[float, float | None, float | None, int]:  # fmt: skip
+    out = subprocess.run(
+        [
+            "wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s",
+            "--latency", "-H", "Host: bench.local", f"http://127.0.0.1:{port}/item",
+        ],  # fmt: skip
+        capture_output=True, text=True, timeout=seconds + 30, check=True,
+    )  # fmt: skip
+    text = out.stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))  # type: ignore[union-attr]
+    p50 = re.search(r"^\s+50%\s+(\S+)", text, re.M)
+    p99 = re.search(r"^\s+99%\s+(\S+)", text, re.M)
+    errors = 0
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
+    if non2xx:
+        errors += int(non2xx.group(1))
+    sockets = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text
+    )
+    if sockets:
+        errors += sum(int(x) for x in sockets.groups())
+    return rps, _ms(p50.group(1)) if p50 else None, _ms(p99.group(1)) if p99 else None, errors
+
+
+async def _client(port: int, seconds: float, connections: int) -> tuple[int, int, list[float]]:
+    request = b"GET /item HTTP/1.1\r\nHost: bench.local\r\n\r\n"
+    deadline = time.monotonic() + seconds
+    done = errors = 0
+    latencies: list[float] = []
+
+    async def worker() -> None:
+        nonlocal done, errors
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            while time.monotonic() < deadline:
+                t0 = time.perf_counter()
+                writer.write(request)
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(re.search(rb"(?i)content-length:\s*(\d+)", head).group(1))  # type: ignore[union-attr]
+                await reader.readexactly(length)
+                latencies.append((time.perf_counter() - t0) * 1000)
+                if not head.startswith(b"HTTP/1.1 2"):
+                    errors += 1
+                done += 1
+                if b"connection: close" in head.lower():
+                    writer.close()
+                    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        finally:
+            writer.close()
+
+    await asyncio.gather(*(worker() for _ in range(connections)))
+    return done, errors, latencies
+
+
+def _client_process(port: int, seconds: float, connections: int, queue: multiprocessing.Queue) -> None:  # type: ignore[type-arg]  # fmt: skip
+    queue.put(asyncio.run(_client(port, seconds, connections)))
+
+
+def _python_load(port: int, seconds: float, connections: int) -> tuple[float, float | None, float | None, int]:  # fmt: skip
+    queue: multiprocessing.Queue = multiprocessing.get_context("spawn").Queue()  # type: ignore[type-arg]
+    proc = multiprocessing.get_context("spawn").Process(
+        target=_client_process, args=(port, seconds, connections, queue)
+    )
+    proc.start()
+    try:
+        done, errors, latencies = queue.get(timeout=seconds + 30)
+    finally:
+        proc.join(5)
+        if proc.is_alive():
+            proc.kill()
+    latencies.sort()
+    pick = (
+        (lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))])
+        if latencies
+        else (lambda q: None)
+    )
+    return done / seconds, pick(0.5), pick(0.99), errors
+
+
+def run_server_specs(
+    specs: list[Spec], tmp: Path, *, seconds: float, connections: int = 32, threads: int = 2,
+    log: Callable[[str], None] = print, tool: str | None = None,
+) -> list[ServerResult]:  # fmt: skip
+    tool = tool or load_tool()
+    results = []
+    for spec in specs:
+        port = free_port()
+        with _server(spec, port, tmp) as name:
+            for _ in range(3):  # warm: the first request stores, the next ones hit
+                status, headers = _get(port)
+            if status != 200:
+                raise RuntimeError(f"{spec.name} under {name}: status {status}")
+            if spec.cache_status and spec.cache_status not in headers.get("cache-status", ""):
+                raise RuntimeError(
+                    f"{spec.name} under {name}: Cache-Status {headers.get('cache-status')!r}"
+                )
+            if tool == "wrk":
+                rps, p50, p99, errors = _wrk(port, seconds, connections, threads)
+            else:
+                rps, p50, p99, errors = _python_load(port, seconds, connections)
+        log(f"  {spec.name:<22} {name:<8} {rps:10.0f} req/s")
+        results.append(ServerResult(spec, name, rps, p50, p99, errors, tool))
+    return results
