@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tests.bench.suite import Spec
 
@@ -123,14 +124,15 @@ def _ms(text: str) -> float:
     return float(match.group(1)) * _UNITS[match.group(2)]
 
 
-def _wrk(port: int, seconds: float, connections: int, threads: int) -> tuple[float, float | None, float | None, int]:  # fmt: skip
-    out = subprocess.run(
-        [
-            "wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s",
-            "--latency", "-H", "Host: bench.local", f"http://127.0.0.1:{port}/item",
-        ],  # fmt: skip
-        capture_output=True, text=True, timeout=seconds + 30, check=True,
-    )  # fmt: skip
+Load = tuple[float, float | None, float | None, int]  # req/s, p50 ms, p99 ms, errors
+
+
+def _wrk(port: int, seconds: float, connections: int, threads: int) -> Load:
+    command = [
+        "wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s",
+        "--latency", "-H", "Host: bench.local", f"http://127.0.0.1:{port}/item",
+    ]  # fmt: skip
+    out = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 30, check=True)
     text = out.stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))  # type: ignore[union-attr]
     p50 = re.search(r"^\s+50%\s+(\S+)", text, re.M)
@@ -177,15 +179,16 @@ async def _client(port: int, seconds: float, connections: int) -> tuple[int, int
     return done, errors, latencies
 
 
-def _client_process(port: int, seconds: float, connections: int, queue: multiprocessing.Queue) -> None:  # type: ignore[type-arg]  # fmt: skip
+def _client_process(
+    port: int, seconds: float, connections: int, queue: multiprocessing.Queue[Any]
+) -> None:
     queue.put(asyncio.run(_client(port, seconds, connections)))
 
 
-def _python_load(port: int, seconds: float, connections: int) -> tuple[float, float | None, float | None, int]:  # fmt: skip
-    queue: multiprocessing.Queue = multiprocessing.get_context("spawn").Queue()  # type: ignore[type-arg]
-    proc = multiprocessing.get_context("spawn").Process(
-        target=_client_process, args=(port, seconds, connections, queue)
-    )
+def _python_load(port: int, seconds: float, connections: int) -> Load:
+    context = multiprocessing.get_context("spawn")
+    queue: multiprocessing.Queue[Any] = context.Queue()
+    proc = context.Process(target=_client_process, args=(port, seconds, connections, queue))
     proc.start()
     try:
         done, errors, latencies = queue.get(timeout=seconds + 30)
@@ -194,11 +197,10 @@ def _python_load(port: int, seconds: float, connections: int) -> tuple[float, fl
         if proc.is_alive():
             proc.kill()
     latencies.sort()
-    pick = (
-        (lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))])
-        if latencies
-        else (lambda q: None)
-    )
+
+    def pick(q: float) -> float | None:
+        return latencies[min(len(latencies) - 1, int(q * len(latencies)))] if latencies else None
+
     return done / seconds, pick(0.5), pick(0.99), errors
 
 
