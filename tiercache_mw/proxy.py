@@ -190,7 +190,13 @@ class ReverseProxy:
             content = self._body(first.get("body", b""), receive)
         else:
             content = first.get("body", b"")
-        request = httpx.Request(method, url, headers=self.request_headers(scope), content=content)
+        try:
+            request = httpx.Request(
+                method, url, headers=self.request_headers(scope), content=content
+            )
+        except httpx.InvalidURL:
+            await _send_error(send, 400, b"Bad Request: the target cannot be forwarded\n")
+            return
         try:
             response = await self.client.send(request, stream=True)
         except _ClientGone:
