@@ -436,7 +436,7 @@ class HttpCache:
         status_value = cache_status(
             self.name,
             fwd=exchange.fwd,
-            fwd_status=status if fwd_status and exchange.fwd != "uri-miss" else None,
+            fwd_status=status if fwd_status and exchange.fwd not in _PLAIN_MISSES else None,
             stored=stored,
             collapsed=exchange.collapsed,
             key=self._debug_key(exchange),
@@ -556,6 +556,8 @@ _FAST_PATH_BLOCKERS = frozenset(
 )
 _CONDITIONAL_FIELDS = frozenset({b"if-none-match", b"if-modified-since"})
 _OWNED = frozenset({b"age", b"cache-status"})
+# A miss's fwd-status would only repeat the response's own status; Cache-Status leaves it out.
+_PLAIN_MISSES = frozenset({"uri-miss", "vary-miss"})
 
 
 def _without_owned(headers: Headers) -> Headers:

@@ -1,0 +1,170 @@
+"""Conditional requests (RFC 9110 §13) answered from the cache, validation with the app
+(RFC 9111 §4.3) and updating a stored response from a 304 or a HEAD (§3.2, §4.3.4, §4.3.5)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING
+
+from werkzeug.http import parse_etags, unquote_etag
+
+from tiercache_mw.http.cache_control import ResponseCacheControl, response_cache_control
+from tiercache_mw.http.freshness import http_timestamp
+from tiercache_mw.http.headers import HOP_BY_HOP, Headers, get_header, get_list
+from tiercache_mw.http.response import OWNED_FIELDS, SURROGATE_FIELDS, build_stored_response
+
+if TYPE_CHECKING:
+    from tiercache_mw.config import HttpConfig
+    from tiercache_mw.store.entry import StoredResponse
+
+__all__ = [
+    "freshen",
+    "not_modified",
+    "not_modified_headers",
+    "validation_headers",
+    "validator_matches",
+    "weak_match",
+]
+
+# RFC 9110 §15.4.5: what a 304 carries (plus Last-Modified, which helps caches downstream).
+_NOT_MODIFIED_FIELDS = frozenset(
+    {b"cache-control", b"content-location", b"date", b"etag", b"expires", b"vary",
+     b"last-modified"}
+)  # fmt: skip
+# RFC 9111 §3.2: fields a 304/HEAD never updates: Content-Length, the framing the stored body
+# depends on, hop-by-hop fields, and the ones the cache owns.
+_NOT_UPDATED = (
+    frozenset({b"content-length", b"content-encoding", b"content-range"})
+    | HOP_BY_HOP
+    | OWNED_FIELDS
+    | SURROGATE_FIELDS
+)
+
+
+def _opaque(etag: bytes | str) -> tuple[str, bool]:
+    text = etag.decode("latin-1") if isinstance(etag, bytes) else etag
+    tag, weak = unquote_etag(text.strip())
+    return tag or "", weak
+
+
+def weak_match(a: bytes, b: bytes) -> bool:
+    """RFC 9110 §8.8.3.2 weak comparison: the opaque tags are equal, W/ ignored."""
+    return _opaque(a)[0] == _opaque(b)[0]
+
+
+def strong_match(a: bytes, b: bytes) -> bool:
+    """RFC 9110 §8.8.3.2 strong comparison: both strong and equal."""
+    tag_a, weak_a = _opaque(a)
+    tag_b, weak_b = _opaque(b)
+    return not weak_a and not weak_b and tag_a == tag_b
+
+
+def validation_headers(stored: StoredResponse) -> Headers:
+    """The validators to send when validating `stored` (RFC 9111 §4.3.1)."""
+    headers: Headers = []
+    if stored.etag is not None:
+        headers.append((b"if-none-match", stored.etag))
+    if stored.last_modified is not None:
+        headers.append((b"if-modified-since", stored.last_modified))
+    return headers
+
+
+def validator_matches(stored: StoredResponse, headers: Headers) -> bool:
+    """Does a 304 or HEAD response describe `stored`? (RFC 9111 §4.3.4, §4.3.5)
+
+    A strong ETag must match strongly, a weak one weakly; else Last-Modified must be equal.
+    A response with no validator at all matches: we sent this entry's own validators, so it
+    is the only candidate (§4.3.4's single-stored-response case). A differing Content-Length
+    means another representation (§4.3.5).
+    """
+    length = get_header(headers, b"content-length")
+    # "0" is skipped: some servers frame a 304 with Content-Length: 0 (RFC 9110 §8.6).
+    if length is not None and length.strip() != b"0":
+        stored_length = get_header(stored.headers, b"content-length")
+        if stored_length is not None and stored_length.strip() != length.strip():
+            return False
+    etag = get_header(headers, b"etag")
+    if etag is not None:
+        if stored.etag is None:
+            return False
+        if _opaque(etag)[1]:
+            return weak_match(etag, stored.etag)
+        return strong_match(etag, stored.etag)
+    last_modified = get_header(headers, b"last-modified")
+    if last_modified is not None:
+        if stored.last_modified is None:
+            return False
+        return http_timestamp(last_modified) == http_timestamp(stored.last_modified)
+    return True
+
+
+def not_modified(request_headers: Headers, stored: StoredResponse) -> bool:
+    """Answer this GET/HEAD with 304 instead of the stored 2xx? (RFC 9110 §13.2.2)
+
+    If-None-Match (§13.1.2) uses the weak comparison and, when present, If-Modified-Since is
+    ignored; If-Modified-Since (§13.1.3) compares with the stored Last-Modified.
+    """
+    if not 200 <= stored.status < 300:
+        return False  # §13.2.1: conditions only apply to a 2xx answer
+    inm = get_list(request_headers, b"if-none-match")
+    if inm is not None:
+        if stored.etag is None:
+            return inm.strip() == b"*"
+        etags = parse_etags(inm.decode("latin-1"))
+        if etags.star_tag:
+            return True
+        return etags.contains_weak(_opaque(stored.etag)[0])
+    ims = get_header(request_headers, b"if-modified-since")
+    if ims is None or stored.last_modified is None:
+        return False
+    since = http_timestamp(ims)
+    modified = http_timestamp(stored.last_modified)
+    return since is not None and modified is not None and modified <= since
+
+
+def not_modified_headers(stored: StoredResponse) -> Headers:
+    """The stored fields a 304 carries (RFC 9110 §15.4.5)."""
+    return [(name, value) for name, value in stored.headers if name in _NOT_MODIFIED_FIELDS]
+
+
+def freshen(
+    stored: StoredResponse,
+    headers: Headers,
+    *,
+    request_time: float,
+    response_time: float,
+    cc: ResponseCacheControl,
+    rule_ttl: float | None,
+    override_origin: bool,
+    rule_swr: float | None,
+    rule_sie: float | None,
+    http: HttpConfig,
+) -> StoredResponse:
+    """`stored` updated from a 304 or HEAD response (RFC 9111 §3.2, §4.3.4, §4.3.5).
+
+    Every field of the new response replaces the stored field of that name, except those
+    §3.2 excludes (Content-Length, framing, hop-by-hop); freshness and age are recomputed from
+    the merged header set and the new response's Date/Age. The body is kept.
+    """
+    incoming = [(name, value) for name, value in headers if name not in _NOT_UPDATED]
+    replaced = {name for name, _ in incoming}
+    merged = [(name, value) for name, value in stored.headers if name not in replaced]
+    merged += incoming
+    age = get_header(headers, b"age")
+    timing = merged if age is None else [*merged, (b"age", age)]
+    # Not `cc`: a 304 may omit Cache-Control, and the merged set then holds the stored one.
+    merged_cc = response_cache_control(timing, targeted_field=http.targeted_cache_control)
+    updated = build_stored_response(
+        stored.status,
+        timing,
+        stored.body,
+        request_time=request_time,
+        response_time=response_time,
+        cc=merged_cc,
+        rule_ttl=rule_ttl,
+        override_origin=override_origin,
+        rule_swr=rule_swr,
+        rule_sie=rule_sie,
+        http=http,
+    )
+    return dataclasses.replace(updated, extra=dict(stored.extra))
