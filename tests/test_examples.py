@@ -66,10 +66,11 @@ def test_flask_example_serves_a_miss_then_a_hot_hit(
     app = load_example("flask_app").create_app(example_yaml, close_at_exit=False)
     client = app.test_client()
     try:
-        first = client.get("/products/1")
-        second = client.get("/products/1")
-        posted = client.post("/products/1", json={"price": 99.0})
-        after = client.get("/products/1")
+        # buffered: a WSGI server reads the whole body, which is when the cache stores it
+        first = client.get("/products/1", buffered=True)
+        second = client.get("/products/1", buffered=True)
+        posted = client.post("/products/1", json={"price": 99.0}, buffered=True)
+        after = client.get("/products/1", buffered=True)
     finally:
         app.wsgi_app.close()  # type: ignore[attr-defined]
     assert first.headers["cache-status"] == "tiercache; fwd=uri-miss; stored"
