@@ -132,3 +132,164 @@ async def test_cache_status_key_with_debug_key(tmp_path: Path) -> None:
         assert "origin.test/k" in status_of(response)
     finally:
         await harness.close()
+
+
+async def test_cdn_cache_control_no_store_wins_over_cache_control_max_age(cache: Harness) -> None:
+    """RFC 9213 §2.2: the targeted field replaces Cache-Control, in both directions."""
+    cache.script(
+        "/cdn2", Answer(headers={"cache-control": "max-age=100", "cdn-cache-control": "no-store"})
+    )
+    first = await cache.get("/cdn2")
+    assert "stored" not in status_of(first)
+    assert not is_hit(await cache.get("/cdn2"))
+    assert cache.origin.calls["/cdn2"] == 2
+
+
+async def test_must_understand_with_unknown_status_is_not_stored(cache: Harness) -> None:
+    """§5.2.2.3: must-understand and a status code the cache does not understand."""
+    cache.script("/mu2", Answer(299, {"cache-control": "must-understand, no-store, max-age=60"}))
+    await cache.get("/mu2")
+    assert not is_hit(await cache.get("/mu2"))
+
+
+async def test_authorization_with_s_maxage_is_shared(cache: Harness) -> None:
+    """§3.5: s-maxage (or public, must-revalidate) lets a shared cache store it."""
+    cache.script("/auth", Answer(headers={"cache-control": "s-maxage=60"}))
+    await cache.get("/auth", authorization="Bearer a")
+    assert is_hit(await cache.get("/auth", authorization="Bearer a"))
+
+
+async def test_qualified_private_stores_the_response_without_the_field(cache: Harness) -> None:
+    """§5.2.2.7: private="Set-Cookie" keeps the cookie from the cache, not the response."""
+    cache.script(
+        "/qp",
+        Answer(headers={"cache-control": 'max-age=60, private="Set-Cookie"', "set-cookie": "s=1"}),
+    )
+    first = await cache.get("/qp")
+    assert first.headers["set-cookie"] == "s=1", "the client that caused it still gets it"
+    hit = await cache.get("/qp")
+    assert is_hit(hit)
+    assert "set-cookie" not in hit.headers
+
+
+async def test_bare_max_stale_accepts_any_staleness(cache: Harness) -> None:
+    """§5.2.1.2: max-stale without a value accepts a response however stale."""
+    cache.script("/bare", FRESH)
+    await cache.get("/bare")
+    cache.clock.advance(10_000)
+    assert is_hit(await cache.get("/bare", cache_control="max-stale"))
+
+
+async def test_request_max_stale_does_not_override_must_revalidate(cache: Harness) -> None:
+    """§5.2.2.2: must-revalidate: never served stale, whatever the request accepts."""
+    cache.script("/mr", Answer(headers={"cache-control": "max-age=10, must-revalidate"}))
+    await cache.get("/mr")
+    cache.clock.advance(20)
+    assert not is_hit(await cache.get("/mr", cache_control="max-stale=100"))
+
+
+async def test_only_if_cached_serves_a_fresh_entry(cache: Harness) -> None:
+    """§5.2.1.7: only-if-cached with a usable entry is a normal hit."""
+    cache.script("/oic", FRESH)
+    await cache.get("/oic")
+    assert is_hit(await cache.get("/oic", cache_control="only-if-cached"))
+
+
+async def test_only_if_cached_with_a_stale_entry_is_504(cache: Harness) -> None:
+    cache.script("/oic2", FRESH)
+    await cache.get("/oic2")
+    cache.clock.advance(200)
+    response = await cache.get("/oic2", cache_control="only-if-cached")
+    assert response.status_code == 504
+    assert cache.origin.calls["/oic2"] == 1
+
+
+def _changing(request: dict[str, str]) -> Answer:
+    return Answer(headers={"cache-control": "max-age=100", "etag": '"new"'}, body=b"new")
+
+
+async def _status_after(harness: Harness, path: str, step: str) -> str:
+    """Drive one scenario and return the Cache-Status of its last response."""
+    if step == "hit":
+        harness.script(path, FRESH)
+        await harness.get(path)
+        return status_of(await harness.get(path))
+    if step == "stored-miss":
+        harness.script(path, FRESH)
+        return status_of(await harness.get(path))
+    if step == "unstored-miss":
+        harness.script(path, Answer(headers={"cache-control": "no-store"}))
+        return status_of(await harness.get(path))
+    if step == "vary-miss":
+        harness.script(path, Answer(headers={"cache-control": "max-age=100", "vary": "Accept"}))
+        await harness.get(path, accept="a/b")
+        return status_of(await harness.get(path, accept="c/d"))
+    if step == "stale-304":
+        harness.script(path, Answer(headers={"cache-control": "max-age=1", "etag": '"f"'}))
+        await harness.get(path)
+        harness.clock.advance(5)
+        harness.script(path, Answer(304, {"etag": '"f"', "cache-control": "max-age=100"}))
+        return status_of(await harness.get(path))
+    if step == "stale-200":
+        harness.script(path, Answer(headers={"cache-control": "max-age=1", "etag": '"f"'}))
+        await harness.get(path)
+        harness.clock.advance(5)
+        harness.script(path, _changing)
+        return status_of(await harness.get(path))
+    if step == "request":
+        harness.script(path, FRESH)
+        await harness.get(path)
+        harness.script(path, _changing)
+        return status_of(await harness.get(path, cache_control="no-cache"))
+    if step == "stale-while-revalidate":
+        harness.script(
+            path, Answer(headers={"cache-control": "max-age=1, stale-while-revalidate=60"})
+        )
+        await harness.get(path)
+        harness.clock.advance(11)
+        return status_of(await harness.get(path))
+    if step == "stale-if-error":
+        harness.script(path, Answer(headers={"cache-control": "max-age=1, stale-if-error=60"}))
+        await harness.get(path)
+        harness.clock.advance(5)
+        harness.script(path, Answer(502, {}, b"bad gateway"))
+        return status_of(await harness.get(path))
+    if step == "method":
+        harness.script(path, FRESH)
+        return status_of(await harness.request("DELETE", path))
+    if step == "only-if-cached":
+        return status_of(await harness.get(path, cache_control="only-if-cached"))
+    raise AssertionError(step)
+
+
+@pytest.mark.parametrize(
+    ("step", "expect"),
+    [
+        ("hit", "tiercache; hit; ttl=100; detail=hot"),  # RFC 9211 §2.1, §2.5, §2.8
+        ("stored-miss", "tiercache; fwd=uri-miss; stored"),  # §2.2, §2.6
+        ("unstored-miss", "tiercache; fwd=uri-miss"),
+        ("vary-miss", "tiercache; fwd=vary-miss; stored"),
+        ("stale-304", "tiercache; fwd=stale; fwd-status=304"),  # §2.3
+        ("stale-200", "tiercache; fwd=stale; fwd-status=200; stored"),
+        ("request", "tiercache; fwd=request; fwd-status=200; stored"),
+        ("stale-while-revalidate", "tiercache; hit; ttl=-10; detail=hot"),  # a stale hit
+        ("stale-if-error", "tiercache; fwd=stale; fwd-status=502; detail=stale-if-error"),
+        ("method", "tiercache; fwd=method"),
+        ("only-if-cached", "tiercache; fwd=miss"),
+    ],
+)
+async def test_every_cache_status_form(cache: Harness, step: str, expect: str) -> None:
+    """RFC 9211 §2: one Cache-Status member per outcome, in Structured Field syntax."""
+    assert await _status_after(cache, f"/form-{step}", step) == expect
+
+
+async def test_cache_status_bypass_for_an_uncached_route(tmp_path: Path) -> None:
+    """RFC 9211 §2.2: fwd=bypass where configuration says not to use the cache."""
+    harness = Harness(tmp_path, routes=[{"pattern": "/private/**", "cache": False}])
+    try:
+        harness.script("/private/x", FRESH)
+        for _ in range(2):
+            assert status_of(await harness.get("/private/x")) == "tiercache; fwd=bypass"
+        assert harness.origin.calls["/private/x"] == 2
+    finally:
+        await harness.close()

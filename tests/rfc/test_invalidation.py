@@ -69,3 +69,43 @@ async def test_surrogate_keys_exposed_when_configured(tmp_path: Path) -> None:
         assert (await harness.get("/k")).headers["surrogate-key"] == "k"
     finally:
         await harness.close()
+
+
+async def test_relative_content_location_is_resolved_against_the_target(cache: Harness) -> None:
+    """§4.4: Location / Content-Location are URI references, resolved against the target."""
+    for path in ("/dir/item", "/dir/other"):
+        cache.script(path, CACHED)
+        await cache.get(path)
+    cache.script("/dir/item", Answer(200, {"content-location": "other"}, b"updated"))
+    await cache.request("PUT", "/dir/item")
+    assert not is_hit(await cache.get("/dir/other"))
+
+
+async def test_safe_methods_do_not_invalidate(cache: Harness) -> None:
+    cache.script("/safe", CACHED)
+    await cache.get("/safe")
+    await cache.request("OPTIONS", "/safe")
+    assert is_hit(await cache.get("/safe"))
+
+
+async def test_purge_by_url_removes_the_entry(cache: Harness) -> None:
+    cache.script("/u", CACHED)
+    await cache.get("/u?b=2&a=1")
+    assert await cache.cache.purge(url="http://origin.test/u?a=1&b=2") >= 1
+    assert not is_hit(await cache.get("/u?a=1&b=2"))
+
+
+async def test_purge_by_surrogate_key_leaves_other_keys(cache: Harness) -> None:
+    """Surrogate keys on several entries: a purge takes exactly the entries carrying one."""
+    for n in range(3):
+        cache.script(
+            f"/p{n}",
+            Answer(
+                headers={"cache-control": "max-age=100", "surrogate-key": f"p{n} group-{n % 2}"}
+            ),
+        )
+        await cache.get(f"/p{n}")
+    assert await cache.cache.purge(tags={"surrogate-key": "group-0"}) == 2
+    assert not is_hit(await cache.get("/p0"))
+    assert is_hit(await cache.get("/p1"))
+    assert not is_hit(await cache.get("/p2"))

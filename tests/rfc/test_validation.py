@@ -104,3 +104,67 @@ async def test_no_cache_response_is_validated_every_time(cache: Harness) -> None
     assert second.content == b"hello"
     assert "fwd-status=304" in status_of(second)
     assert cache.origin.calls["/nc"] == 2
+
+
+async def test_head_with_a_changed_validator_makes_the_get_stale(cache: Harness) -> None:
+    """§4.3.5: a HEAD whose validators differ means the stored GET response is outdated."""
+    cache.script("/hc", versioned("1", max_age=100))
+    await cache.get("/hc")
+    cache.script(
+        "/hc",
+        Answer(headers={"cache-control": "max-age=100", "etag": '"v2"'}, body=b"body v2"),
+    )
+    await cache.request("HEAD", "/hc", cache_control="no-cache")
+    after = await cache.get("/hc")
+    assert not is_hit(after)
+    assert after.content == b"body v2"
+
+
+async def test_head_is_answered_from_the_stored_get(cache: Harness) -> None:
+    """§4.3.5 / RFC 9110 §9.3.2: a HEAD reuses the GET response, without its body."""
+    cache.script("/hg", versioned("1", max_age=100))
+    await cache.get("/hg")
+    head = await cache.request("HEAD", "/hg")
+    assert is_hit(head)
+    assert head.content == b""
+    assert head.headers["content-length"] == str(len(b"body v1"))
+    assert cache.origin.calls["/hg"] == 1
+
+
+async def test_client_conditions_are_not_forwarded_on_validation(cache: Harness) -> None:
+    """§4.3.1: the cache validates with its own stored validators, not the client's."""
+    cache.script("/own", versioned("1"))
+    await cache.get("/own")
+    cache.clock.advance(20)
+    cache.script("/own", Answer(304, {"etag": '"v1"', "cache-control": "max-age=100"}))
+    response = await cache.get("/own", if_none_match='"client"')
+    assert cache.origin.seen[-1]["if-none-match"] == '"v1"'
+    assert response.status_code == 200, "the client's tag does not match the stored one"
+
+
+async def test_revalidated_entry_answers_a_conditional_with_304(cache: Harness) -> None:
+    """RFC 9110 §13.1.2 after §4.3.4: the freshened entry answers the client's condition."""
+    cache.script("/c304", versioned("1"))
+    await cache.get("/c304")
+    cache.clock.advance(20)
+    cache.script("/c304", Answer(304, {"etag": '"v1"', "cache-control": "max-age=100"}))
+    response = await cache.get("/c304", if_none_match='"v1"')
+    assert response.status_code == 304
+    assert "fwd=stale; fwd-status=304" in status_of(response)
+
+
+async def test_last_modified_only_entry_is_revalidated_with_if_modified_since(
+    cache: Harness,
+) -> None:
+    """§4.3.1: without an ETag the cache sends If-Modified-Since with Last-Modified."""
+    last_modified = cache.clock.date(-3600)
+    cache.script(
+        "/lm", Answer(headers={"cache-control": "max-age=10", "last-modified": last_modified})
+    )
+    await cache.get("/lm")
+    cache.clock.advance(20)
+    cache.script("/lm", Answer(304, {"cache-control": "max-age=100"}))
+    response = await cache.get("/lm")
+    assert cache.origin.seen[-1]["if-modified-since"] == last_modified
+    assert response.content == b"hello"
+    assert is_hit(await cache.get("/lm"))

@@ -46,3 +46,41 @@ async def test_vary_star_is_never_reused(cache: Harness) -> None:
     await cache.get("/s")
     assert not is_hit(await cache.get("/s"))
     assert cache.origin.calls["/s"] == 2
+
+
+async def test_vary_value_case_is_folded_for_language_tags(cache: Harness) -> None:
+    """§4.1 allows normalising values whose case carries no meaning (RFC 5646 §2.1.1)."""
+    cache.script("/case", by_language)
+    await cache.get("/case", accept_language="en-US")
+    assert is_hit(await cache.get("/case", accept_language="en-us"))
+
+
+async def test_accept_encoding_member_order_is_ignored(cache: Harness) -> None:
+    def by_encoding(request: dict[str, str]) -> Answer:
+        return Answer(headers={"cache-control": "max-age=100", "vary": "Accept-Encoding"})
+
+    cache.script("/enc", by_encoding)
+    await cache.get("/enc", accept_encoding="gzip, br")
+    assert is_hit(await cache.get("/enc", accept_encoding="br,gzip"))
+    assert not is_hit(await cache.get("/enc", accept_encoding="gzip"))
+
+
+async def test_vary_on_two_fields_needs_both_to_match(cache: Harness) -> None:
+    def by_two(request: dict[str, str]) -> Answer:
+        return Answer(headers={"cache-control": "max-age=100", "vary": "Accept, Accept-Language"})
+
+    cache.script("/two", by_two)
+    await cache.get("/two", accept="text/html", accept_language="en")
+    assert is_hit(await cache.get("/two", accept="text/html", accept_language="en"))
+    assert not is_hit(await cache.get("/two", accept="text/html", accept_language="fr"))
+    assert not is_hit(await cache.get("/two", accept="text/plain", accept_language="en"))
+
+
+async def test_unsafe_request_invalidates_every_variant(cache: Harness) -> None:
+    """RFC 9111 §4.4 names the URI: all the responses stored for it go."""
+    cache.script("/all", by_language)
+    await cache.get("/all", accept_language="en")
+    await cache.get("/all", accept_language="fr")
+    await cache.request("POST", "/all")
+    assert not is_hit(await cache.get("/all", accept_language="en"))
+    assert not is_hit(await cache.get("/all", accept_language="fr"))
