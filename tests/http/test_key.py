@@ -46,6 +46,7 @@ def test_url_for_is_what_purge_matches() -> None:
     assert url_for("http", "testserver", "/products/3", "") == "http://testserver/products/3"
     assert url_for("http", "TestServer:80", "/p", "b=1&a=2") == "http://testserver/p?a=2&b=1"
     assert normalise_url("HTTP://TestServer:80/p?b=1&a=2#frag") == "http://testserver/p?a=2&b=1"
+    assert normalise_url("/relative?b=1&a=2") == "/relative?b=1&a=2"
 
 
 @pytest.mark.parametrize(

@@ -75,6 +75,8 @@ def normalise_url(url: str) -> str:
     """Any absolute URL normalised like `url_for` (fragment dropped); used to match Location,
     Content-Location and purge(url=...) against stored entries."""
     parts = urlsplit(url)
+    if not parts.scheme or not parts.netloc:
+        return url  # not absolute: nothing to normalise it against
     return url_for(parts.scheme, parts.netloc, parts.path, parts.query)
 
 
