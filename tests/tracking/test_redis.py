@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
+from tests.services import ServerProcess
 from tests.tracking.tracking_contract import MakeTracking, TrackingContract
 from tiercache_mw.config import RedisConfig
 from tiercache_mw.store.redis import make_client
-from tiercache_mw.tracking.base import Tracking
 from tiercache_mw.tracking.redis import RedisTracking
 
 pytestmark = pytest.mark.services
@@ -21,18 +23,24 @@ class TestRedisTracking(TrackingContract):
         return lambda: RedisTracking(redis_settings)
 
     async def test_index_lives_under_the_prefix_only(
-        self, tracking: Tracking, redis_settings: RedisConfig
+        self, private_servers: Callable[[str], ServerProcess], unique: str
     ) -> None:
-        client = make_client(redis_settings)
+        # A server of its own: the session's shared redis holds every other test's keys,
+        # and this test must see every key the index writes, wherever it writes it.
+        server = private_servers("redis")
+        settings = RedisConfig(host="127.0.0.1", port=server.port, prefix=f"{unique}:")
+        tracking = RedisTracking(settings)
+        client = make_client(settings)
         try:
+            await tracking.start()
             await client.set("unrelated", b"1")
             await tracking.record_set("k", "cold", PRODUCT, 1, 1.0)
             keys = [key.decode() async for key in client.scan_iter(match="*")]
             mine = [key for key in keys if key != "unrelated"]
             assert mine
-            assert all(key.startswith(redis_settings.prefix + "idx:") for key in mine)
+            assert all(key.startswith(settings.prefix + "idx:") for key in mine), mine
             await tracking.clear()
-            assert await client.get("unrelated") == b"1"
+            assert [key async for key in client.scan_iter(match="*")] == [b"unrelated"]
         finally:
-            await client.delete("unrelated")
+            await tracking.close()
             await client.aclose()
