@@ -8,6 +8,7 @@ reuse or forward to the app, tee the streamed body into the store.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -23,6 +24,8 @@ from tiercache_mw.engine import (
     ResponsePlan,
     build_cache,
 )
+from tiercache_mw.hot import REQUEST_FIELDS_NEEDING_THE_FULL_PATH, HotPath
+from tiercache_mw.http.key import primary_key
 from tiercache_mw.store.cache import TierCache
 
 __all__ = ["CacheMiddleware"]
@@ -30,27 +33,77 @@ __all__ = ["CacheMiddleware"]
 logger = logging.getLogger("tiercache_mw")
 
 
+def _raw_path(scope: Scope) -> str:
+    raw_path = scope.get("raw_path")
+    path: str = raw_path.decode("latin-1") if raw_path else scope["path"]
+    return path.partition("?")[0]
+
+
+def _host(scope: Scope, host: bytes | None) -> str:
+    if host is not None:
+        return host.decode("latin-1")
+    server = scope.get("server")
+    if server:
+        return f"{server[0]}:{server[1]}" if server[1] is not None else str(server[0])
+    return ""
+
+
 def request_view(scope: Scope) -> RequestView:
     headers: list[tuple[bytes, bytes]] = scope["headers"]
-    host = ""
+    host = None
     for name, value in headers:
         if name == b"host":
-            host = value.decode("latin-1")
+            host = value
             break
-    else:
-        server = scope.get("server")
-        if server:
-            host = f"{server[0]}:{server[1]}" if server[1] is not None else str(server[0])
-    raw_path = scope.get("raw_path")
-    path = raw_path.decode("latin-1") if raw_path else scope["path"]
     return RequestView(
         method=scope["method"],
         scheme=scope.get("scheme", "http"),
-        host=host,
+        host=_host(scope, host),
         path=scope["path"],
-        raw_path=path.partition("?")[0],
+        raw_path=_raw_path(scope),
         query=scope.get("query_string", b"").decode("latin-1"),
         headers=headers,
+    )
+
+
+def hot_key(scope: Scope) -> str | None:
+    """The primary key of a plain GET/HEAD, or None when the request needs the full path."""
+    host = None
+    for name, value in scope["headers"]:
+        if name == b"host":
+            host = value
+        elif name in REQUEST_FIELDS_NEEDING_THE_FULL_PATH:
+            return None
+    return _scope_key(
+        scope["method"],
+        scope.get("scheme", "http"),
+        host,
+        _server(scope) if host is None else None,
+        scope.get("raw_path"),
+        scope["path"],
+        scope.get("query_string", b""),
+    )
+
+
+def _server(scope: Scope) -> tuple[str, int | None] | None:
+    server = scope.get("server")
+    return (server[0], server[1]) if server else None  # some servers send a list
+
+
+@functools.lru_cache(maxsize=16384)
+def _scope_key(
+    method: str,
+    scheme: str,
+    host: bytes | None,
+    server: tuple[str, int | None] | None,
+    raw_path: bytes | None,
+    path: str,
+    query: bytes,
+) -> str:
+    # Memoised on the raw request line: a repeated request skips every decode and join.
+    scope = {"server": server, "raw_path": raw_path, "path": path}
+    return primary_key(
+        method, scheme, _host(scope, host), _raw_path(scope), query.decode("latin-1")
     )
 
 
@@ -61,6 +114,7 @@ class CacheMiddleware:
         self.app = app
         self.cache = build_cache(cache, config)
         self.engine = HttpCache(self.cache)
+        self.hot = HotPath(self.engine)
         self._inflight: dict[str, asyncio.Future[None]] = {}
         self._refreshing: set[str] = set()
         self._background: set[asyncio.Task[None]] = set()
@@ -68,13 +122,21 @@ class CacheMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
-            request = request_view(scope)
-            if request.method in ("GET", "HEAD"):
-                reply = self.engine.hot_reply(request)
+            method = scope["method"]
+            if (method == "GET" or method == "HEAD") and self.hot.enabled:
+                key = hot_key(scope)
+                reply = self.hot.reply(key, method == "HEAD") if key is not None else None
                 if reply is not None:
-                    await _send_reply(send, reply)
+                    await send(
+                        {
+                            "type": "http.response.start",
+                            "status": reply.status,
+                            "headers": reply.headers,
+                        }
+                    )
+                    await send({"type": "http.response.body", "body": reply.body})
                     return
-            await self._handle(request, scope, receive, send)
+            await self._handle(request_view(scope), scope, receive, send)
         elif kind == "lifespan":
             await self._lifespan(scope, receive, send)
         else:
@@ -193,6 +255,10 @@ class CacheMiddleware:
             if kind == "http.response.start":
                 response_status = message["status"]
                 response_headers = list(message.get("headers", ()))
+                # RFC 9111 §4.4: invalidate before the client has the response and can ask
+                # again (behind a real server it may do so before the app returns).
+                for url in engine.invalidations(exchange, response_status, response_headers):
+                    await self.cache.purge(url=url)
                 decision = engine.on_response(exchange, response_status, response_headers)
                 if decision.plan is ResponsePlan.SERVE_STORED:
                     assert decision.reply is not None
@@ -211,11 +277,12 @@ class CacheMiddleware:
                         parts.clear()
                     else:
                         parts.append(chunk)
-                await send(message)
                 if storing and not message.get("more_body", False):
                     assert decision is not None
+                    # Stored before the last chunk goes out, so a client's next request finds it.
                     for entry in engine.finish(exchange, decision, b"".join(parts)):
                         self.cache.put(entry)
+                await send(message)
             else:
                 storing = False  # trailers or pathsend: not a body we can keep whole
                 if decision is None or decision.plan is not ResponsePlan.SERVE_STORED:
@@ -233,9 +300,6 @@ class CacheMiddleware:
             logger.warning("app raised; served stale for %s", exchange.url, exc_info=True)
             await _send_reply(send, reply)
             return
-        urls = engine.invalidations(exchange, response_status, response_headers)
-        for url in urls:
-            await self.cache.purge(url=url)
 
     # ---- stale-while-revalidate --------------------------------------------------------------
     def _refresh_in_background(self, exchange: Exchange, scope: Scope) -> None:

@@ -26,6 +26,8 @@ from tiercache_mw.engine import (
     ResponsePlan,
     build_cache,
 )
+from tiercache_mw.hot import REQUEST_FIELDS_NEEDING_THE_FULL_PATH, HotPath
+from tiercache_mw.http.key import primary_key
 from tiercache_mw.store.cache import TierCache
 
 __all__ = ["WSGICacheMiddleware"]
@@ -39,6 +41,10 @@ WSGIApp = Callable[[WSGIEnviron, StartResponse], Iterable[bytes]]
 
 _HEADER_ENVIRON = {"CONTENT_TYPE": b"content-type", "CONTENT_LENGTH": b"content-length"}
 _CONDITIONAL_ENVIRON = ("HTTP_IF_NONE_MATCH", "HTTP_IF_MODIFIED_SINCE")
+_FULL_PATH_VARIABLES = tuple(
+    "HTTP_" + name.decode("latin-1").upper().replace("-", "_")
+    for name in sorted(REQUEST_FIELDS_NEEDING_THE_FULL_PATH)
+)
 
 
 def _status_line(status: int) -> str:
@@ -51,6 +57,18 @@ def _status_line(status: int) -> str:
 _STATUS_LINES = {status.value: _status_line(status.value) for status in HTTPStatus}
 
 
+def _host(environ: WSGIEnviron) -> str:
+    return environ.get("HTTP_HOST") or f"{environ['SERVER_NAME']}:{environ['SERVER_PORT']}"
+
+
+def _raw_path(environ: WSGIEnviron) -> str:
+    raw_uri = environ.get("RAW_URI") or environ.get("REQUEST_URI")
+    if raw_uri:
+        return str(raw_uri).partition("?")[0]
+    path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
+    return quote(path, safe="/;%:@&=+$,!~*'()")
+
+
 def request_view(environ: WSGIEnviron) -> RequestView:
     headers: list[tuple[bytes, bytes]] = []
     for name, value in environ.items():
@@ -59,19 +77,28 @@ def request_view(environ: WSGIEnviron) -> RequestView:
             headers.append((field, value.encode("latin-1")))
         elif name in _HEADER_ENVIRON and value:
             headers.append((_HEADER_ENVIRON[name], value.encode("latin-1")))
-    scheme = environ.get("wsgi.url_scheme", "http")
-    host = environ.get("HTTP_HOST") or f"{environ['SERVER_NAME']}:{environ['SERVER_PORT']}"
-    path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
-    raw_uri = environ.get("RAW_URI") or environ.get("REQUEST_URI")
-    raw_path = raw_uri.partition("?")[0] if raw_uri else quote(path, safe="/;%:@&=+$,!~*'()")
     return RequestView(
         method=environ["REQUEST_METHOD"],
-        scheme=scheme,
-        host=host,
+        scheme=environ.get("wsgi.url_scheme", "http"),
+        host=_host(environ),
         path=environ.get("PATH_INFO", "") or "/",
-        raw_path=raw_path,
+        raw_path=_raw_path(environ),
         query=environ.get("QUERY_STRING", ""),
         headers=headers,
+    )
+
+
+def hot_key(environ: WSGIEnviron) -> str | None:
+    """The primary key of a plain GET/HEAD, or None when the request needs the full path."""
+    for variable in _FULL_PATH_VARIABLES:
+        if variable in environ:
+            return None
+    return primary_key(
+        environ["REQUEST_METHOD"],
+        environ.get("wsgi.url_scheme", "http"),
+        _host(environ),
+        _raw_path(environ),
+        environ.get("QUERY_STRING", ""),
     )
 
 
@@ -86,17 +113,21 @@ class WSGICacheMiddleware:
         self.app = app
         self.cache = build_cache(cache, config)
         self.engine = HttpCache(self.cache)
+        self.hot = HotPath(self.engine)
         self._inflight: dict[str, threading.Event] = {}
         self._inflight_lock = threading.Lock()
         self._refreshing: set[str] = set()
 
     def __call__(self, environ: WSGIEnviron, start_response: StartResponse) -> Iterable[bytes]:
-        request = request_view(environ)
-        if request.method in ("GET", "HEAD"):
-            reply = self.engine.hot_reply(request)
+        method = environ["REQUEST_METHOD"]
+        if (method == "GET" or method == "HEAD") and self.hot.enabled:
+            key = hot_key(environ)
+            reply = self.hot.reply_native(key, method == "HEAD") if key is not None else None
             if reply is not None:
-                return self._send(start_response, reply)
-        return self._handle(request, environ, start_response)
+                status, headers, body = reply
+                start_response(_STATUS_LINES.get(status) or _status_line(status), headers)
+                return [body]
+        return self._handle(request_view(environ), environ, start_response)
 
     def close(self) -> None:
         """Close the cache, persisting its RAM tiers to dry (WSGI has no lifespan)."""
@@ -246,7 +277,11 @@ class _Forward:
         self.headers = [
             (name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers
         ]
-        self.decision = self.middleware.engine.on_response(self.exchange, self.status, self.headers)
+        engine = self.middleware.engine
+        # RFC 9111 §4.4: invalidate before the client has the response and can ask again.
+        for url in engine.invalidations(self.exchange, self.status, self.headers):
+            self.middleware.cache.purge_sync(url=url)
+        self.decision = engine.on_response(self.exchange, self.status, self.headers)
         if self.decision.plan is ResponsePlan.SERVE_STORED:
             return _refuse_write
         return self.client_start_response(status_line, _native(self.decision.headers), exc_info)
@@ -269,6 +304,9 @@ class _Forward:
                 yield decision.reply.body
                 return
             storing = decision.plan is ResponsePlan.STORE
+            # One chunk is held back so that the entry is stored before the last chunk goes
+            # out: a client's next request then finds it.
+            held: bytes | None = None
             for chunk in _chain(first, iterator):
                 if storing:
                     kept += len(chunk)
@@ -277,12 +315,14 @@ class _Forward:
                         parts.clear()
                     else:
                         parts.append(chunk)
-                yield chunk
+                if held is not None:
+                    yield held
+                held = chunk
             if storing:
                 for entry in engine.finish(self.exchange, decision, b"".join(parts)):
                     middleware.cache.put(entry)
-            for url in engine.invalidations(self.exchange, self.status, self.headers):
-                middleware.cache.purge_sync(url=url)
+            if held is not None:
+                yield held
         finally:
             close = getattr(result, "close", None)
             if close is not None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["ENTRY_OVERHEAD_BYTES", "Entry", "Residency", "StoredResponse", "Tags"]
+__all__ = ["ENTRY_OVERHEAD_BYTES", "Entry", "HitMemo", "Residency", "StoredResponse", "Tags"]
 
 # Tags are (name, value) pairs; a name may repeat (several surrogate keys), so not a dict.
 Tags = tuple[tuple[str, str], ...]
@@ -21,6 +21,10 @@ Tags = tuple[tuple[str, str], ...]
 ENTRY_OVERHEAD_BYTES = 360
 # Each stored header costs a 2-tuple and two bytes objects beyond its characters.
 HEADER_OVERHEAD_BYTES = 140
+
+
+# (age, ttl, owner, fields as bytes, fields as str) of the last hot hit on a response.
+HitMemo = tuple[int, int, object, tuple[tuple[bytes, bytes], ...], tuple[tuple[str, str], ...]]
 
 
 @dataclass(slots=True)
@@ -60,6 +64,11 @@ class StoredResponse:
     last_modified: bytes | None = None
     vary: tuple[str, ...] = ()  # lowercased field names from Vary, "*" included
     extra: dict[str, Any] = field(default_factory=dict)
+    # tiercache_mw.hot's memos, process-local and never encoded: the Age and Cache-Status
+    # fields of the last hot hit, and the headers as WSGI's str pairs. Not init fields,
+    # so dataclasses.replace (a freshened copy) starts without them.
+    hit_memo: HitMemo | None = field(default=None, init=False, repr=False)
+    native_headers: list[tuple[str, str]] | None = field(default=None, init=False, repr=False)
 
     @property
     def payload_bytes(self) -> int:
