@@ -69,6 +69,7 @@ def _response_from_wire(wire: list[Any]) -> StoredResponse:
 def encode_entry(entry: Entry, *, last_used: float) -> bytes:
     """Encode an entry; `last_used` is wall-clock time (RAM tiers keep a monotonic one)."""
     value = entry.value
+    payload: Any
     if isinstance(value, StoredResponse):
         kind, payload = _KIND_RESPONSE, _response_to_wire(value)
     elif isinstance(value, bytes | bytearray | memoryview):
