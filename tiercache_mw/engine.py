@@ -161,40 +161,6 @@ class HttpCache:
         self.name = config.http.cache_name
         self.routes = RouteTable.from_config(config)
         self.ttl_rules = TtlRules.from_config(config)
-        self._hit_prefix = f"{self.name}; hit; ttl=".encode("latin-1")
-
-    # ---- the fast path ------------------------------------------------------------------
-    def hot_reply(self, request: RequestView) -> Reply | None:
-        """Serve a plain fresh hot hit without building an Exchange, or None for the full path.
-
-        Only for requests without directives or conditions of their own (the common case);
-        the full path through `plan`/`resolve`/`reuse` gives the same answer for them.
-        """
-        for name, _ in request.headers:
-            if name in _FAST_PATH_BLOCKERS:
-                return None
-        key = primary_key(
-            request.method, request.scheme, request.host, request.raw_path, request.query
-        )
-        entry = self.cache.get_hot(key)
-        if entry is None:
-            return None
-        stored = entry.value
-        if not isinstance(stored, StoredResponse) or stored.requires_validation:
-            return None
-        route = self.routes.match(request.path)
-        if route is not None and not route.cache:
-            return None
-        # Same arithmetic as http.freshness.current_age, inlined: this is the hot path.
-        age = stored.initial_age + (self.clock() - stored.response_time)
-        ttl = stored.freshness_lifetime - age
-        if ttl <= 0:
-            return None
-        headers = stored.headers.copy()
-        headers.append((b"age", str(int(age)).encode()))
-        status_value = self._hit_prefix + str(int(ttl)).encode() + b"; detail=hot"
-        headers.append((b"cache-status", status_value))
-        return Reply(stored.status, headers, b"" if request.method == "HEAD" else stored.body)
 
     # ---- planning -----------------------------------------------------------------------
     def plan(self, request: RequestView) -> Exchange:
@@ -543,17 +509,6 @@ class HttpCache:
         self.cache.put(self.cache.make_entry(exchange.key, updated, tags, entry.residency))
 
 
-_FAST_PATH_BLOCKERS = frozenset(
-    {
-        b"cache-control",
-        b"pragma",
-        b"if-none-match",
-        b"if-modified-since",
-        b"if-match",
-        b"if-unmodified-since",
-        b"if-range",
-    }
-)
 _CONDITIONAL_FIELDS = frozenset({b"if-none-match", b"if-modified-since"})
 _OWNED = frozenset({b"age", b"cache-status"})
 # A miss's fwd-status would only repeat the response's own status; Cache-Status leaves it out.
