@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
 from tests.store.tier_contract import MakeTier, TierContract
-from tiercache_mw.config import RedisConfig, TierConfig
-from tiercache_mw.store.entry import Entry, Residency
+from tiercache_mw.config import Config, RedisConfig, TierConfig, TrackingConfig
+from tiercache_mw.store.cache import TierCache
+from tiercache_mw.store.entry import ENTRY_OVERHEAD_BYTES, Entry, Residency
 from tiercache_mw.store.redis import RedisTier, make_client
 
 pytestmark = pytest.mark.services
@@ -122,3 +124,31 @@ class TestRedisTierContract(TierContract):
     @pytest.fixture
     def make_tier(self, redis_settings: RedisConfig) -> MakeTier:
         return lambda name: RedisTier(name, TierConfig("redis", 60.0, None), redis_settings)
+
+
+async def test_flushing_a_shared_cold_tier_keeps_moves_bound_for_dry(
+    tmp_path: Path, redis_settings: RedisConfig
+) -> None:
+    """An entry leaving hot goes to a shared cold tier and to dry in one move; flushing
+    cold while such moves wait must still let them reach dry."""
+    size = 10 + ENTRY_OVERHEAD_BYTES
+    cache = TierCache(
+        Config(
+            hot=TierConfig("ram", 3600.0, size),
+            cold=TierConfig("redis", 3600.0, None),
+            dry=TierConfig("local", None, None, path=str(tmp_path / "dry")),
+            tracking=TrackingConfig(path=str(tmp_path / "index.db")),
+            redis=redis_settings,
+            base_dir=tmp_path,
+        )
+    )
+    keys = [f"k{n}" for n in range(1000)]
+    try:
+        for key in keys:
+            await cache.set(key, key.encode().ljust(10))
+        assert (await cache.stats())["pending_demotions"] > 0, "nothing left to race with"
+        await cache.flush("cold")
+        missing = [key for key in keys if await cache.get(key) is None]
+        assert missing == []
+    finally:
+        await cache.close()

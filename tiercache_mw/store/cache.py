@@ -459,9 +459,9 @@ class TierCache:
             if expired is not None:
                 self._left_cold(expired)
         item = self._pending.get(key)
-        if item is not None and item.targets[0] != "hot" and self._pending.pop(key, None) is item:
+        tier = item.targets[0] if item is not None else "hot"
+        if item is not None and tier != "hot" and self._pending.pop(key, None) is item:
             # Caught on its way down: served as a hit of the tier it was going to.
-            tier = item.targets[0]
             if tier == "cold":
                 self._cold_hits += 1
             else:
@@ -549,6 +549,8 @@ class TierCache:
             if self._pending.get(key) is not item:
                 return  # deleted, replaced or promoted meanwhile
             for name in item.targets:
+                if name not in item.targets:
+                    continue  # that tier was flushed while an earlier target was written
                 if await self._guard(name, self._write(name, item.entry), False):
                     written.append(name)
             if written:
@@ -614,8 +616,13 @@ class TierCache:
     async def _flush(self, names: tuple[str, ...]) -> None:
         with self._queue_lock:
             for key, item in list(self._pending.items()):
-                if item.targets[0] in names:
+                # A move also bound for a tier not flushed still goes there: with a shared
+                # cold tier, (cold, dry) is how an entry leaving hot reaches dry at all.
+                kept = tuple(name for name in item.targets if name not in names)
+                if not kept:
                     del self._pending[key]
+                elif kept != item.targets:
+                    item.targets = kept
         for name in names:
             tier = self._tier(name)
             if isinstance(tier, RamTier):
