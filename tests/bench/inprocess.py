@@ -130,14 +130,12 @@ def _asgi_responses(sink: list[dict[str, Any]]) -> list[tuple[int, dict[bytes, b
     return out
 
 
-def _calls_for(spec: Spec, n: int, per_call: bool) -> int:
-    return n
-
-
-def _round_sizes(plan: Plan, estimate_ns: float, per_call: bool) -> int:
+def _round_sizes(plan: Plan, estimate_ns: float, per_call: bool, paths: int) -> int:
     calls = int(plan.round_seconds * 1e9 / max(estimate_ns, 1.0))
     calls = max(plan.min_calls, min(plan.max_calls, calls))
-    return min(calls, plan.per_call_max) if per_call else calls
+    calls = min(calls, plan.per_call_max) if per_call else calls
+    # Whole cycles of the paths: every round starts where the warm-up left off.
+    return max(paths, calls - calls % paths)
 
 
 def _summarise(spec: Spec, rounds_ns: list[float], calls: int) -> InProcessResult:
@@ -201,9 +199,9 @@ async def _measure_asgi(spec: Spec, app: Any, plan: Plan) -> InProcessResult:
             total += time.perf_counter_ns() - t0
         return total / n
 
-    estimate = await one_round(min(50, plan.min_calls))
+    estimate = await one_round(len(scopes) * 25)
     sink.clear()
-    n = _round_sizes(plan, estimate, flush is not None)
+    n = _round_sizes(plan, estimate, flush is not None, len(scopes))
     rounds: list[float] = []
     for _ in range(plan.rounds):
         before = s.CALLS[spec.behind] if spec.behind else 0
@@ -306,9 +304,9 @@ def _measure_wsgi(spec: Spec, app: Any, plan: Plan) -> InProcessResult:
             total += time.perf_counter_ns() - t0
         return total / n
 
-    estimate = one_round(min(50, plan.min_calls))
+    estimate = one_round(len(environs) * 25)
     sink.clear()
-    n = _round_sizes(plan, estimate, tier is not None)
+    n = _round_sizes(plan, estimate, tier is not None, len(environs))
     rounds: list[float] = []
     for _ in range(plan.rounds):
         before = s.CALLS[spec.behind] if spec.behind else 0

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tests.bench.store import _get_from
 from tests.bench.suite import Spec
 
 __all__ = ["ServerResult", "free_port", "load_tool", "run_server_specs"]
@@ -191,7 +192,7 @@ def _python_load(port: int, seconds: float, connections: int) -> Load:
     proc = context.Process(target=_client_process, args=(port, seconds, connections, queue))
     proc.start()
     try:
-        done, errors, latencies = queue.get(timeout=seconds + 30)
+        done, errors, latencies = _get_from(proc, queue, seconds + 30)
     finally:
         proc.join(5)
         if proc.is_alive():

@@ -1,0 +1,182 @@
+"""`python -m tests.bench [--smoke] [--out DIR] [--no-servers]`: run the suite, print the
+summary, write benchmarks.md and benchmarks.png (into docs/ for a full run; a smoke run writes
+into a temp directory unless --out is given)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import io
+import pstats
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from tests.bench import inprocess, report, servers, store
+from tests.bench.suite import SPECS, by_name
+
+T = TypeVar("T")
+ROOT = Path(__file__).resolve().parents[2]
+CHART = "benchmarks.png"
+DOC = "benchmarks.md"
+ANALYSIS = Path(__file__).with_name("analysis.md")  # hand-written findings appended to the doc
+
+
+@dataclass(frozen=True)
+class Settings:
+    plan: inprocess.Plan
+    server_seconds: float
+    server_subjects: tuple[str, ...] | None  # None: every spec marked server
+    memory_entries: int
+    budget_writes: int
+    budget_every: int
+    hot_max: int
+    cold_max: int
+    eviction_keys: int
+    eviction_requests: int
+    dry_seconds: float
+    profile_calls: int
+
+
+FULL = Settings(
+    plan=inprocess.Plan(rounds=11, round_seconds=0.08, min_calls=200, max_calls=200_000,
+                        per_call_max=300),
+    server_seconds=5, server_subjects=None, memory_entries=1_000_000, budget_writes=60_000,
+    budget_every=500, hot_max=2 * 1024**2, cold_max=8 * 1024**2, eviction_keys=100_000,
+    eviction_requests=1_000_000, dry_seconds=3.0, profile_calls=50_000,
+)  # fmt: skip
+SMOKE = Settings(
+    plan=inprocess.Plan(rounds=3, round_seconds=0.002, min_calls=100, max_calls=200,
+                        per_call_max=60),
+    server_seconds=1,
+    server_subjects=("raw-asgi", "tiercache-hot-asgi", "raw-wsgi", "tiercache-hot-wsgi"),
+    memory_entries=5_000, budget_writes=2_000, budget_every=100, hot_max=256 * 1024,
+    cold_max=512 * 1024, eviction_keys=2_000, eviction_requests=20_000, dry_seconds=0.3,
+    profile_calls=500,
+)  # fmt: skip
+
+
+def _log(message: str) -> None:
+    print(message, flush=True)
+
+
+def profile_hot_hit(tmp: Path, calls: int) -> str:
+    """cProfile over `calls` in-process hot hits through CacheMiddleware (ASGI)."""
+    spec = by_name("tiercache-hot-asgi")
+    app: Any = spec.build(tmp / "profile")
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        return None
+
+    async def main() -> str:
+        scope = inprocess.asgi_scope("/item")
+        await app(scope.copy(), receive, send)
+        profiler = cProfile.Profile()
+        profiler.enable()
+        for _ in range(calls):
+            await app(scope.copy(), receive, send)
+        profiler.disable()
+        await app.cache.close()
+        out = io.StringIO()
+        stats = pstats.Stats(profiler, stream=out)
+        stats.strip_dirs().sort_stats("tottime").print_stats(14)
+        lines = [line for line in out.getvalue().splitlines() if line.strip()]
+        start = next(i for i, line in enumerate(lines) if "ncalls" in line)
+        return f"{calls:,} hot hits\n" + "\n".join(lines[start:])
+
+    return asyncio.run(main())
+
+
+def _part(run: report.Run, name: str, fn: Callable[[], T]) -> T | None:
+    """One section of the run; a failure is recorded and the rest still runs."""
+    _log(f"{name}...")
+    try:
+        return fn()
+    except Exception as exc:  # a broken subject must not cost the other sections
+        traceback.print_exc()
+        run.skipped.append(f"{name}: {type(exc).__name__}: {exc}")
+        return None
+
+
+def run_suite(settings: Settings, *, smoke: bool, with_servers: bool, command: str) -> report.Run:
+    run = report.Run(command=command, smoke=smoke, started=time.strftime("%Y-%m-%d %H:%M %Z"))
+    t0 = time.monotonic()
+    tmp = Path(tempfile.mkdtemp(prefix="tiercache-bench-"))
+    try:
+        asgi = [spec for spec in SPECS if spec.kind == "asgi"]
+        wsgi = [spec for spec in SPECS if spec.kind == "wsgi"]
+        _log("in-process:")
+        for spec_list, runner in ((asgi, inprocess.run_asgi_specs), (wsgi, inprocess.run_wsgi_specs)):  # fmt: skip
+            for spec in spec_list:  # one at a time: a failing subject is skipped, not the kind
+                result = _part(run, spec.name, lambda s=spec, r=runner: r([s], tmp, settings.plan, _log))  # type: ignore[misc]  # fmt: skip
+                if result:
+                    run.inprocess.extend(result)
+        if with_servers:
+            wanted = settings.server_subjects
+            chosen = [s for s in SPECS if s.server and (wanted is None or s.name in wanted)]
+            _log(f"under servers ({servers.load_tool()}):")
+            for spec in chosen:
+                result = _part(
+                    run, f"{spec.name} server",
+                    lambda s=spec: servers.run_server_specs([s], tmp, seconds=settings.server_seconds, log=_log),  # type: ignore[misc]  # fmt: skip
+                )  # fmt: skip
+                if result:
+                    run.servers.extend(result)
+        else:
+            run.skipped.append("servers: --no-servers")
+        run.memory = _part(run, f"memory at {settings.memory_entries:,} entries",
+                           lambda: store.measure_memory(settings.memory_entries, tmp))  # fmt: skip
+        run.budget = _part(
+            run, "budget under churn",
+            lambda: store.measure_budget(settings.budget_writes, tmp / "budget",
+                                         hot_max=settings.hot_max, cold_max=settings.cold_max,
+                                         every=settings.budget_every),
+        )  # fmt: skip
+        run.eviction = _part(run, "eviction traces", lambda: store.measure_eviction(settings.eviction_keys, settings.eviction_requests)) or []  # fmt: skip
+        run.dry = _part(run, "hot hits under dry demotions", lambda: store.measure_dry_load(settings.dry_seconds, tmp / "dry-load"))  # fmt: skip
+        run.profile = _part(run, "profile", lambda: profile_hot_hit(tmp, settings.profile_calls)) or ""  # fmt: skip
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    run.seconds = time.monotonic() - t0
+    return run
+
+
+def write(run: report.Run, out: Path) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    report.chart(run, out / CHART)
+    analysis = ANALYSIS.read_text(encoding="utf-8") if ANALYSIS.exists() and not run.smoke else ""
+    doc = out / DOC
+    doc.write_text(report.markdown(run, CHART, analysis), encoding="utf-8")
+    return doc
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.bench", description=__doc__)
+    parser.add_argument("--smoke", action="store_true", help="a few hundred iterations, seconds")
+    parser.add_argument("--out", type=Path, help="where benchmarks.md/.png go")
+    parser.add_argument("--no-servers", action="store_true", help="skip uvicorn/gunicorn runs")
+    args = parser.parse_args(argv)
+    command = "python -m tests.bench" + (" --smoke" if args.smoke else "")
+    run = run_suite(
+        SMOKE if args.smoke else FULL, smoke=args.smoke, with_servers=not args.no_servers,
+        command=command,
+    )  # fmt: skip
+    out = args.out or (Path(tempfile.mkdtemp(prefix="tiercache-bench-out-")) if args.smoke else ROOT / "docs")  # fmt: skip
+    doc = write(run, out)
+    print(report.summary(run))
+    print(f"\nwrote {doc} and {out / CHART}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,478 @@
+"""Turn one run's results into the printed summary, docs/benchmarks.md and the chart."""
+
+from __future__ import annotations
+
+import platform
+import sys
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+from tests.bench.inprocess import InProcessResult
+from tests.bench.servers import ServerResult
+from tests.bench.store import BudgetResult, DryLoadResult, EvictionResult, MemoryResult
+
+__all__ = ["Run", "Target", "chart", "markdown", "summary", "targets"]
+
+PACKAGES = (
+    "tiercache-mw", "starlette", "fastapi", "flask", "uvicorn", "uvloop", "httptools", "gunicorn",
+    "fastapi-cache2", "cashews", "hishel", "flask-caching",
+)  # fmt: skip
+
+
+@dataclass
+class Run:
+    command: str
+    smoke: bool
+    started: str
+    seconds: float = 0.0
+    inprocess: list[InProcessResult] = field(default_factory=list)
+    servers: list[ServerResult] = field(default_factory=list)
+    memory: MemoryResult | None = None
+    budget: BudgetResult | None = None
+    eviction: list[EvictionResult] = field(default_factory=list)
+    dry: DryLoadResult | None = None
+    profile: str = ""  # cProfile top of the in-process hot hit
+    skipped: list[str] = field(default_factory=list)  # parts that could not run, and why
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    goal: str
+    measured: str
+    met: bool | None  # None: not measured in this run
+    note: str = ""
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import os
+
+    return (
+        f"{cpu}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}, "
+        f"Python {sys.version.split()[0]} ({platform.python_implementation()})"
+    )
+
+
+def versions() -> str:
+    found = []
+    for name in PACKAGES:
+        try:
+            found.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            continue
+    return ", ".join(found)
+
+
+# ---- derived figures -----------------------------------------------------------------------------
+def baselines(run: Run) -> dict[str, float]:
+    return {r.spec.kind: r.us for r in run.inprocess if r.spec.baseline}
+
+
+def server_baselines(run: Run) -> dict[str, float]:
+    return {r.spec.kind: r.rps for r in run.servers if r.spec.baseline}
+
+
+def _inproc(run: Run, name: str) -> InProcessResult | None:
+    return next((r for r in run.inprocess if r.spec.name == name), None)
+
+
+def _server(run: Run, name: str) -> ServerResult | None:
+    return next((r for r in run.servers if r.spec.name == name), None)
+
+
+def targets(run: Run) -> list[Target]:
+    out: list[Target] = []
+    base = baselines(run)
+    for kind in ("asgi", "wsgi"):
+        hot = _inproc(run, f"tiercache-hot-{kind}")
+        if hot is None or kind not in base:
+            out.append(Target(f"in-process {kind.upper()} hot hit", "<= 3x raw", "-", None))
+            continue
+        ratio = hot.us / base[kind]
+        out.append(
+            Target(
+                f"in-process {kind.upper()} hot hit",
+                f"<= 3x the raw constant {kind.upper()} app",
+                f"{ratio:.1f}x ({hot.us:.2f} µs vs {base[kind]:.2f} µs)",
+                ratio <= 3,
+                ""
+                if ratio <= 3
+                else f"missed by {ratio / 3:.1f}x ({hot.us - 3 * base[kind]:.2f} µs)",
+            )
+        )
+    hot_server = _server(run, "tiercache-hot-asgi")
+    raw_server = server_baselines(run).get("asgi")
+    if hot_server is None or raw_server is None:
+        out.append(Target("uvicorn hot-hit throughput", ">= 90 % of raw", "-", None))
+    else:
+        share = hot_server.rps / raw_server
+        out.append(
+            Target(
+                "uvicorn hot-hit throughput",
+                ">= 90 % of the raw constant app's req/s",
+                f"{share:.0%} ({hot_server.rps:,.0f} vs {raw_server:,.0f} req/s)",
+                share >= 0.9,
+                "" if share >= 0.9 else f"missed by {0.9 - share:.0%} points",
+            )
+        )
+    mem = run.memory
+    if mem is None:
+        out.append(Target("RAM overhead per entry", "<= 400 B", "-", None))
+    else:
+        out.append(
+            Target(
+                f"RAM overhead per entry at {mem.entries:,} entries",
+                "<= 400 B beyond body and header bytes",
+                f"{mem.overhead_per_entry:.0f} B (tracemalloc), {mem.rss_overhead_per_entry:.0f} B (RSS)",
+                mem.overhead_per_entry <= 400,
+                ""
+                if mem.overhead_per_entry <= 400
+                else f"missed by {mem.overhead_per_entry - 400:.0f} B per entry",
+            )
+        )
+    dry = run.dry
+    if dry is None:
+        out.append(Target("hot-hit p99 under dry demotions", "<= 1.2x quiet", "-", None))
+    else:
+        ratio = dry.p99_ratio
+        rate_note = (
+            f"demotions reached {dry.demotions_per_s:,.0f}/s, dry writes {dry.dry_writes_per_s:,.0f}/s"
+            f", {dry.dropped:,} dropped"
+        )
+        out.append(
+            Target(
+                f"hot-hit p99 while dry absorbs {dry.target_rate:,.0f} demotions/s",
+                "within 1.2x of a quiet run",
+                f"{ratio:.2f}x ({dry.busy_p99_us:.1f} µs vs {dry.quiet_p99_us:.1f} µs)",
+                ratio <= 1.2,
+                rate_note if ratio <= 1.2 else f"missed by {ratio / 1.2:.2f}x; {rate_note}",
+            )
+        )
+    budget = run.budget
+    if budget is None:
+        out.append(Target("budget under churn", "within 10 %", "-", None))
+    else:
+        peak = max(budget.hot_peak_ratio, budget.cold_peak_ratio)
+        out.append(
+            Target(
+                "max_size honoured under churn",
+                "hot and cold size_bytes within 10 % of max at every sample",
+                f"peak {peak:.1%} of max over {budget.samples} samples",
+                peak <= 1.1,
+                f"heap growth peaked at {budget.heap_peak_ratio:.1f}x the two budgets; "
+                f"demotion queue peaked at {budget.pending_peak:,} entries, {budget.dropped:,} dropped",
+            )
+        )
+    if run.eviction:
+        worse = [
+            (s, l)
+            for s in run.eviction
+            for l in run.eviction
+            if s.policy == "sieve" and l.policy == "lru"
+            and (s.trace, s.capacity_pct) == (l.trace, l.capacity_pct)
+            and (s.hit_ratio < l.hit_ratio or s.ns_per_hit > l.ns_per_hit * 1.1)
+        ]  # fmt: skip
+        out.append(
+            Target(
+                "SIEVE vs LRU",
+                "hit ratio >= LRU on every trace, per-hit cost <= LRU",
+                "SIEVE matched or beat LRU on every trace"
+                if not worse
+                else f"worse on {len(worse)} of {len(run.eviction) // 2} traces",
+                not worse,
+                "; ".join(
+                    f"{s.trace} @{s.capacity_pct:g}%: {s.hit_ratio:.3f} vs {l.hit_ratio:.3f}, "
+                    f"{s.ns_per_hit:.0f} vs {l.ns_per_hit:.0f} ns/hit"
+                    for s, l in worse
+                ),
+            )
+        )
+    return out
+
+
+# ---- text ------------------------------------------------------------------------------------------
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+def inprocess_rows(run: Run) -> list[list[str]]:
+    base = baselines(run)
+    rows = []
+    for r in run.inprocess:
+        ratio = r.us / base[r.spec.kind] if r.spec.kind in base else float("nan")
+        rows.append(
+            [r.spec.label, r.spec.kind.upper(), f"{r.us:.2f}", f"{r.us_min:.2f}", f"{ratio:.1f}x",
+             f"{r.calls:,}"]
+        )  # fmt: skip
+    return rows
+
+
+def server_rows(run: Run) -> list[list[str]]:
+    base = server_baselines(run)
+    rows = []
+    for r in run.servers:
+        share = r.rps / base[r.spec.kind] if r.spec.kind in base else float("nan")
+        p99 = f"{r.p99_ms:.2f}" if r.p99_ms is not None else "-"
+        rows.append(
+            [r.spec.label, r.server, f"{r.rps:,.0f}", f"{share:.0%}", p99, str(r.errors)]
+        )  # fmt: skip
+    return rows
+
+
+def summary(run: Run) -> str:
+    lines = ["", "In-process (µs per request, median of rounds):"]
+    width = max((len(r.spec.label) for r in run.inprocess), default=10)
+    base = baselines(run)
+    for r in run.inprocess:
+        ratio = r.us / base.get(r.spec.kind, float("nan"))
+        lines.append(f"  {r.spec.label:<{width}}  {r.us:9.2f} µs  {ratio:7.1f}x")
+    if run.servers:
+        lines.append("Under a server (req/s):")
+        sbase = server_baselines(run)
+        for s in run.servers:
+            share = s.rps / sbase.get(s.spec.kind, float("nan"))
+            lines.append(f"  {s.spec.label:<{width}}  {s.rps:9,.0f}  {share:6.0%}  ({s.server})")
+    lines.append("Targets:")
+    for t in targets(run):
+        mark = "n/a" if t.met is None else ("met" if t.met else "MISSED")
+        lines.append(f"  [{mark:>6}] {t.name}: {t.measured}" + (f"  ({t.note})" if t.note else ""))
+    for item in run.skipped:
+        lines.append(f"  skipped: {item}")
+    return "\n".join(lines)
+
+
+def markdown(run: Run, chart_name: str, analysis: str = "") -> str:
+    out = [
+        "# Benchmarks",
+        "",
+        "Generated by `"
+        + run.command
+        + f"` on {run.started} in {run.seconds:.0f} s"
+        + (" (smoke mode: too few iterations to trust)" if run.smoke else "")
+        + ".",
+        "Do not edit by hand: rerun the command.",
+        "",
+        "## Machine",
+        "",
+        f"- {machine()}",
+        f"- {versions()}",
+        "",
+        "## Method",
+        "",
+        "- **In-process**: each app is called directly, as a server would call it: ASGI with a "
+        "prebuilt scope (copied per request), a constant `receive` and a `send` that keeps the "
+        "message; WSGI with a prebuilt environ (copied per request), a `start_response` that keeps "
+        "the head, and the body joined. Every subject answers `GET /item` with the same 1,024-byte "
+        "JSON document. Time per request is the mean over a round (`time.perf_counter_ns`), "
+        "reported as the median of the rounds; the garbage collector stays on. After each round "
+        "every response is checked: status 200, the body, the `Cache-Status` detail that names the "
+        "tier, and that the app behind a cache ran 0 times for hits and once per request for misses.",
+        "- **tiercache_mw tiers**: hot = a fresh entry in the hot RAM tier. Cold = two URLs "
+        "alternating with a hot budget that holds one entry, so each request finds its entry in "
+        'cold, promotes it and demotes the other. Dry = `flush(tier="hot")` (untimed) before each '
+        "measured request, with a cold tier smaller than one entry, so every lookup reads the local "
+        "dry tier (disk, on the cache's loop thread). Miss = the app answers `no-store`, so every "
+        "request is looked up, forwarded and not stored.",
+        "- **Under a server**: uvicorn (uvloop, httptools, 1 worker) for ASGI, gunicorn (1 sync "
+        "worker) for WSGI, each a subprocess on a free 127.0.0.1 port, warmed with 3 requests, "
+        "then loaded by wrk (`-t2 -c32 --latency`) on the same 2-CPU machine, so the load "
+        "generator competes with the server for CPU (equally for every subject).",
+        "- **Memory**: n HTTP entries (64-byte body, 3 headers, url tag, residency from the rules, "
+        "built with `TierCache.make_entry` like the middleware's) put into a RAM tier in a fresh "
+        "process; overhead = traced bytes (tracemalloc) per entry minus body and header characters; "
+        "the same from RSS growth in a second process without tracemalloc.",
+        "- **Budget**: `cache.set` of distinct 1 KB values far beyond both budgets; "
+        "`stats()` sampled every few hundred writes.",
+        "- **Eviction**: the RAM tier (`store/ram.py`) driven directly: lookup, and put on a miss; "
+        "Zipf traces over 100,000 keys (numpy, fixed seed), cache at 1 % and 10 % of the keys; "
+        "the scan trace adds a one-off scan of 5 % of the key space after every 10 % of requests. "
+        "Per-hit cost: `get_now` on keys present, median of 5 rounds.",
+        "- **Dry absorbing demotions**: hot hits through `CacheMiddleware`, each timed alone, with "
+        "an `asyncio.sleep(0)` between hits; the busy run adds a task on the same loop that puts "
+        "new entries at the target rate into a hot tier of ~64 entries whose cold tier is smaller "
+        "than one entry, so each put demotes one entry to the dry tier.",
+        "",
+        "## In-process: µs per request",
+        "",
+    ]
+    out += _table(
+        ["subject", "kind", "µs/request (median)", "fastest round", "x raw app", "calls"],
+        inprocess_rows(run),
+    )
+    out += ["", f"![benchmarks]({chart_name})", ""]
+    out += ["## Under a server: requests per second", ""]
+    if run.servers:
+        out += _table(
+            ["subject", "server", "req/s", "of raw app", "p99 ms", "errors"], server_rows(run)
+        )
+        out.append("")
+        out.append(f"Load: {run.servers[0].tool}.")
+    else:
+        out.append("Not run.")
+    out += ["", "## Memory", ""]
+    mem = run.memory
+    if mem is not None:
+        out += [
+            f"At {mem.entries:,} entries of {mem.body_bytes} body bytes and "
+            f"{mem.header_bytes} header bytes: {mem.traced_per_entry:.0f} B traced per entry, "
+            f"**{mem.overhead_per_entry:.0f} B overhead** beyond body and header bytes "
+            f"(RSS: {mem.rss_overhead_per_entry:.0f} B); the budget counts "
+            f"{mem.accounted_per_entry:.0f} B per entry.",
+            "",
+            "Where it goes (tracemalloc, bytes per entry, by allocating line):",
+            "",
+        ]
+        out += _table(
+            ["line", "B/entry"],
+            [[f"`{w}`".replace("``", "`"), f"{b:.0f}"] for w, b in mem.breakdown],
+        )
+    budget = run.budget
+    if budget is not None:
+        out += [
+            "",
+            f"Budget under churn: {budget.entries_written:,} distinct 1 KB writes into hot "
+            f"{budget.hot_max_bytes / 1024**2:.0f} MiB / cold {budget.cold_max_bytes / 1024**2:.0f} MiB, "
+            f"{budget.samples} samples: hot peaked at {budget.hot_peak_ratio:.1%} of its max, "
+            f"cold at {budget.cold_peak_ratio:.1%}. Python heap growth peaked at "
+            f"{budget.heap_peak_ratio:.1f}x the two budgets together; the demotion queue peaked at "
+            f"{budget.pending_peak:,} entries and dropped {budget.dropped:,} demotions.",
+        ]
+    out += ["", "## Eviction: SIEVE vs LRU", ""]
+    if run.eviction:
+        rows = []
+        pairs: dict[tuple[str, float], dict[str, EvictionResult]] = {}
+        for e in run.eviction:
+            pairs.setdefault((e.trace, e.capacity_pct), {})[e.policy] = e
+        for (trace, pct), by in pairs.items():
+            s, l = by["sieve"], by["lru"]
+            rows.append(
+                [trace, f"{pct:g} %", f"{s.hit_ratio:.3f}", f"{l.hit_ratio:.3f}",
+                 f"{s.ns_per_hit:.0f}", f"{l.ns_per_hit:.0f}", f"{s.ns_per_request:.0f}",
+                 f"{l.ns_per_request:.0f}"]
+            )  # fmt: skip
+        out += _table(
+            ["trace", "cache size", "SIEVE hit ratio", "LRU hit ratio", "SIEVE ns/hit",
+             "LRU ns/hit", "SIEVE ns/request", "LRU ns/request"],
+            rows,
+        )  # fmt: skip
+        out.append("")
+        out.append(f"{run.eviction[0].requests:,} requests per Zipf trace.")
+    dry = run.dry
+    out += ["", "## Hot hits while the dry tier absorbs demotions", ""]
+    if dry is not None:
+        out += _table(
+            ["run", "p50 µs", "p99 µs"],
+            [
+                ["quiet", f"{dry.quiet_p50_us:.2f}", f"{dry.quiet_p99_us:.2f}"],
+                [f"{dry.target_rate:,.0f} demotions/s asked", f"{dry.busy_p50_us:.2f}",
+                 f"{dry.busy_p99_us:.2f}"],
+            ],
+        )  # fmt: skip
+        out += [
+            "",
+            f"{dry.seconds:g} s each. Measured: {dry.demotions_per_s:,.0f} demotions/s, "
+            f"{dry.dry_writes_per_s:,.0f} dry writes/s, {dry.dropped:,} demotions dropped; "
+            f"{sum(dry.not_hot.values())} busy responses not from hot.",
+        ]
+    out += ["", "## Targets (issue 5)", ""]
+    out += _table(
+        ["target", "goal", "measured", "status", "note"],
+        [
+            [
+                t.name,
+                t.goal,
+                t.measured,
+                "n/a" if t.met is None else ("met" if t.met else "**missed**"),
+                t.note,
+            ]
+            for t in targets(run)
+        ],
+    )
+    if run.skipped:
+        out += ["", "Skipped in this run: " + "; ".join(run.skipped)]
+    if analysis:
+        out += ["", analysis.strip()]
+    if run.profile:
+        out += [
+            "",
+            "## Profile of a hot hit (cProfile, in-process ASGI loop)",
+            "",
+            "```",
+            run.profile.rstrip(),
+            "```",
+        ]
+    out.append("")
+    return "\n".join(out)
+
+
+# ---- chart -----------------------------------------------------------------------------------------
+def chart(run: Run, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = 1 + bool(run.servers) + bool(run.eviction)
+    fig, axes = plt.subplots(1, panels, figsize=(6.5 * panels, 6.5), squeeze=False)
+    ax = axes[0][0]
+    rows = sorted(run.inprocess, key=lambda r: (r.spec.kind, r.us))
+    labels = [r.spec.label for r in rows]
+    colors = [
+        "#d62728"
+        if r.spec.group == "tiercache_mw"
+        else ("#7f7f7f" if r.spec.baseline else "#1f77b4")
+        for r in rows
+    ]
+    ax.barh(labels, [r.us for r in rows], color=colors)
+    ax.set_xscale("log")
+    ax.set_xlabel("µs per request, in-process (log scale; lower is better)")
+    ax.invert_yaxis()
+    for i, r in enumerate(rows):
+        ax.text(r.us, i, f" {r.us:.2f}", va="center", fontsize=7)
+    column = 1
+    if run.servers:
+        ax = axes[0][column]
+        column += 1
+        srows = sorted(run.servers, key=lambda r: (r.spec.kind, -r.rps))
+        ax.barh(
+            [f"{r.spec.label} [{r.server}]" for r in srows], [r.rps for r in srows],
+            color=["#d62728" if r.spec.group == "tiercache_mw" else ("#7f7f7f" if r.spec.baseline else "#1f77b4") for r in srows],
+        )  # fmt: skip
+        ax.set_xlabel("requests per second under the server (higher is better)")
+        ax.invert_yaxis()
+        for i, r in enumerate(srows):
+            ax.text(r.rps, i, f" {r.rps:,.0f}", va="center", fontsize=7)
+    if run.eviction:
+        ax = axes[0][column]
+        keys = sorted({(e.trace, e.capacity_pct) for e in run.eviction}, key=lambda k: (k[1], k[0]))
+        xs = range(len(keys))
+        for offset, policy, color in ((-0.2, "sieve", "#d62728"), (0.2, "lru", "#1f77b4")):
+            values = [
+                next(
+                    e.hit_ratio
+                    for e in run.eviction
+                    if (e.trace, e.capacity_pct) == k and e.policy == policy
+                )
+                for k in keys
+            ]
+            ax.bar([x + offset for x in xs], values, width=0.4, label=policy.upper(), color=color)
+        ax.set_xticks(
+            list(xs), [f"{t}\n{p:g} %" for t, p in keys], fontsize=7, rotation=45, ha="right"
+        )
+        ax.set_ylabel("hit ratio (higher is better)")
+        ax.legend()
+    fig.suptitle("tiercache_mw benchmarks" + (" (smoke)" if run.smoke else ""))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
