@@ -8,6 +8,7 @@ import argparse
 import asyncio
 import cProfile
 import io
+import pickle
 import pstats
 import shutil
 import sys
@@ -16,6 +17,7 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -113,38 +115,36 @@ def run_suite(settings: Settings, *, smoke: bool, with_servers: bool, command: s
     t0 = time.monotonic()
     tmp = Path(tempfile.mkdtemp(prefix="tiercache-bench-"))
     try:
-        asgi = [spec for spec in SPECS if spec.kind == "asgi"]
-        wsgi = [spec for spec in SPECS if spec.kind == "wsgi"]
         _log("in-process:")
-        for spec_list, runner in ((asgi, inprocess.run_asgi_specs), (wsgi, inprocess.run_wsgi_specs)):  # fmt: skip
-            for spec in spec_list:  # one at a time: a failing subject is skipped, not the kind
-                result = _part(run, spec.name, lambda s=spec, r=runner: r([s], tmp, settings.plan, _log))  # type: ignore[misc]  # fmt: skip
-                if result:
-                    run.inprocess.extend(result)
+        for spec in SPECS:  # one at a time: a failing subject is skipped, not its whole kind
+            runner = inprocess.run_asgi_specs if spec.kind == "asgi" else inprocess.run_wsgi_specs
+            measured = _part(run, spec.name, partial(runner, [spec], tmp, settings.plan, _log))
+            run.inprocess.extend(measured or [])
         if with_servers:
             wanted = settings.server_subjects
             chosen = [s for s in SPECS if s.server and (wanted is None or s.name in wanted)]
             _log(f"under servers ({servers.load_tool()}):")
             for spec in chosen:
-                result = _part(
-                    run, f"{spec.name} server",
-                    lambda s=spec: servers.run_server_specs([s], tmp, seconds=settings.server_seconds, log=_log),  # type: ignore[misc]  # fmt: skip
+                load = partial(
+                    servers.run_server_specs, [spec], tmp, seconds=settings.server_seconds,
+                    log=_log,
                 )  # fmt: skip
-                if result:
-                    run.servers.extend(result)
+                run.servers.extend(_part(run, f"{spec.name} server", load) or [])
         else:
             run.skipped.append("servers: --no-servers")
-        run.memory = _part(run, f"memory at {settings.memory_entries:,} entries",
-                           lambda: store.measure_memory(settings.memory_entries, tmp))  # fmt: skip
-        run.budget = _part(
-            run, "budget under churn",
-            lambda: store.measure_budget(settings.budget_writes, tmp / "budget",
-                                         hot_max=settings.hot_max, cold_max=settings.cold_max,
-                                         every=settings.budget_every),
+        memory = partial(store.measure_memory, settings.memory_entries, tmp)
+        run.memory = _part(run, f"memory at {settings.memory_entries:,} entries", memory)
+        budget = partial(
+            store.measure_budget, settings.budget_writes, tmp / "budget",
+            hot_max=settings.hot_max, cold_max=settings.cold_max, every=settings.budget_every,
         )  # fmt: skip
-        run.eviction = _part(run, "eviction traces", lambda: store.measure_eviction(settings.eviction_keys, settings.eviction_requests)) or []  # fmt: skip
-        run.dry = _part(run, "hot hits under dry demotions", lambda: store.measure_dry_load(settings.dry_seconds, tmp / "dry-load"))  # fmt: skip
-        run.profile = _part(run, "profile", lambda: profile_hot_hit(tmp, settings.profile_calls)) or ""  # fmt: skip
+        run.budget = _part(run, "budget under churn", budget)
+        traces = partial(store.measure_eviction, settings.eviction_keys, settings.eviction_requests)
+        run.eviction = _part(run, "eviction traces", traces) or []
+        dry = partial(store.measure_dry_load, settings.dry_seconds, tmp / "dry-load")
+        run.dry = _part(run, "hot hits under dry demotions", dry)
+        profile = partial(profile_hot_hit, tmp, settings.profile_calls)
+        run.profile = _part(run, "profile", profile) or ""
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     run.seconds = time.monotonic() - t0
@@ -165,15 +165,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="a few hundred iterations, seconds")
     parser.add_argument("--out", type=Path, help="where benchmarks.md/.png go")
     parser.add_argument("--no-servers", action="store_true", help="skip uvicorn/gunicorn runs")
+    parser.add_argument(
+        "--render", type=Path, help="rewrite the doc from a saved run (results.pickle) only"
+    )
     args = parser.parse_args(argv)
+    if args.render is not None:
+        with args.render.open("rb") as saved:
+            run = pickle.load(saved)  # our own file, from a previous run
+        doc = write(run, args.out or ROOT / "docs")
+        print(report.summary(run))
+        print(f"\nwrote {doc}")
+        return 0
     command = "python -m tests.bench" + (" --smoke" if args.smoke else "")
     run = run_suite(
         SMOKE if args.smoke else FULL, smoke=args.smoke, with_servers=not args.no_servers,
         command=command,
     )  # fmt: skip
-    out = args.out or (Path(tempfile.mkdtemp(prefix="tiercache-bench-out-")) if args.smoke else ROOT / "docs")  # fmt: skip
+    out = args.out
+    if out is None:
+        out = Path(tempfile.mkdtemp(prefix="tiercache-bench-")) if args.smoke else ROOT / "docs"
+    saved = Path(tempfile.mkdtemp(prefix="tiercache-bench-run-")) / "results.pickle"
+    saved.write_bytes(pickle.dumps(run))
     doc = write(run, out)
     print(report.summary(run))
+    print(f"\nresults saved in {saved} (re-render with --render)")
     print(f"\nwrote {doc} and {out / CHART}")
     return 0
 

@@ -117,7 +117,9 @@ def _check(spec: Spec, responses: list[tuple[int, dict[bytes, bytes], bytes]], c
 
 def _asgi_responses(sink: list[dict[str, Any]]) -> list[tuple[int, dict[bytes, bytes], bytes]]:
     out: list[tuple[int, dict[bytes, bytes], bytes]] = []
-    status, headers, parts = 0, {}, []
+    status = 0
+    headers: dict[bytes, bytes] = {}
+    parts: list[bytes] = []
     for message in sink:
         if message["type"] == "http.response.start":
             status = message["status"]
@@ -181,6 +183,7 @@ async def _measure_asgi(spec: Spec, app: Any, plan: Plan) -> InProcessResult:
     scopes = [asgi_scope(path) for path in spec.paths]
     flush: Callable[[], Awaitable[None]] | None = None
     if spec.flush is not None:
+        assert cache is not None, f"{spec.name}: flushing needs a tiercache middleware"
         tier = spec.flush
         flush = lambda: cache.flush(tier=tier)  # noqa: E731
 
@@ -256,7 +259,7 @@ def _settle_sync(cache: Any) -> None:
 
 
 def _measure_wsgi(spec: Spec, app: Any, plan: Plan) -> InProcessResult:
-    sink: list[tuple[int, dict[bytes, bytes], bytes]] = []
+    sink: list[tuple[str, list[tuple[str, str]], bytes]] = []
     head: list[Any] = [None, None]
 
     def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
@@ -272,12 +275,12 @@ def _measure_wsgi(spec: Spec, app: Any, plan: Plan) -> InProcessResult:
             close = getattr(result, "close", None)
             if close is not None:
                 close()
-        sink.append((head[0], head[1], body))  # type: ignore[arg-type]
+        sink.append((head[0], head[1], body))
 
     def decoded() -> list[tuple[int, dict[bytes, bytes], bytes]]:
         return [
             (int(status.split(" ", 1)[0]), {k.lower().encode(): v.encode() for k, v in hs}, body)
-            for status, hs, body in sink  # type: ignore[misc]
+            for status, hs, body in sink
         ]
 
     cache = getattr(app, "cache", None)
@@ -297,6 +300,7 @@ def _measure_wsgi(spec: Spec, app: Any, plan: Plan) -> InProcessResult:
                 call(environ.copy())
             return (time.perf_counter_ns() - t0) / n
         total = 0
+        assert cache is not None, f"{spec.name}: flushing needs a tiercache middleware"
         for environ in order:
             cache.flush_sync(tier)
             t0 = time.perf_counter_ns()

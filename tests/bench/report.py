@@ -11,6 +11,7 @@ from pathlib import Path
 from tests.bench.inprocess import InProcessResult
 from tests.bench.servers import ServerResult
 from tests.bench.store import BudgetResult, DryLoadResult, EvictionResult, MemoryResult
+from tests.bench.suite import Spec
 
 __all__ = ["Run", "Target", "chart", "markdown", "summary", "targets"]
 
@@ -132,7 +133,8 @@ def targets(run: Run) -> list[Target]:
             Target(
                 f"RAM overhead per entry at {mem.entries:,} entries",
                 "<= 400 B beyond body and header bytes",
-                f"{mem.overhead_per_entry:.0f} B (tracemalloc), {mem.rss_overhead_per_entry:.0f} B (RSS)",
+                f"{mem.overhead_per_entry:.0f} B (tracemalloc), "
+                f"{mem.rss_overhead_per_entry:.0f} B (RSS)",
                 mem.overhead_per_entry <= 400,
                 ""
                 if mem.overhead_per_entry <= 400
@@ -145,8 +147,8 @@ def targets(run: Run) -> list[Target]:
     else:
         ratio = dry.p99_ratio
         rate_note = (
-            f"demotions reached {dry.demotions_per_s:,.0f}/s, dry writes {dry.dry_writes_per_s:,.0f}/s"
-            f", {dry.dropped:,} dropped"
+            f"writer reached {dry.puts_per_s:,.0f} entries/s towards dry, the dry tier wrote "
+            f"{dry.dry_writes_per_s:,.0f}/s, {dry.dropped:,} demotions dropped"
         )
         out.append(
             Target(
@@ -169,17 +171,18 @@ def targets(run: Run) -> list[Target]:
                 f"peak {peak:.1%} of max over {budget.samples} samples",
                 peak <= 1.1,
                 f"heap growth peaked at {budget.heap_peak_ratio:.1f}x the two budgets; "
-                f"demotion queue peaked at {budget.pending_peak:,} entries, {budget.dropped:,} dropped",
+                f"demotion queue peaked at {budget.pending_peak:,} entries, "
+                f"{budget.dropped:,} dropped",
             )
         )
     if run.eviction:
         worse = [
-            (s, l)
+            (s, lru)
             for s in run.eviction
-            for l in run.eviction
-            if s.policy == "sieve" and l.policy == "lru"
-            and (s.trace, s.capacity_pct) == (l.trace, l.capacity_pct)
-            and (s.hit_ratio < l.hit_ratio or s.ns_per_hit > l.ns_per_hit * 1.1)
+            for lru in run.eviction
+            if s.policy == "sieve" and lru.policy == "lru"
+            and (s.trace, s.capacity_pct) == (lru.trace, lru.capacity_pct)
+            and (s.hit_ratio < lru.hit_ratio or s.ns_per_hit > lru.ns_per_hit * 1.1)
         ]  # fmt: skip
         out.append(
             Target(
@@ -190,16 +193,16 @@ def targets(run: Run) -> list[Target]:
                 else f"worse on {len(worse)} of {len(run.eviction) // 2} traces",
                 not worse,
                 "; ".join(
-                    f"{s.trace} @{s.capacity_pct:g}%: {s.hit_ratio:.3f} vs {l.hit_ratio:.3f}, "
-                    f"{s.ns_per_hit:.0f} vs {l.ns_per_hit:.0f} ns/hit"
-                    for s, l in worse
+                    f"{s.trace} @{s.capacity_pct:g}%: {s.hit_ratio:.3f} vs {lru.hit_ratio:.3f}, "
+                    f"{s.ns_per_hit:.0f} vs {lru.ns_per_hit:.0f} ns/hit"
+                    for s, lru in worse
                 ),
             )
         )
     return out
 
 
-# ---- text ------------------------------------------------------------------------------------------
+# ---- text ----------------------------------------------------------------------------------------
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
@@ -277,11 +280,13 @@ def markdown(run: Run, chart_name: str, analysis: str = "") -> str:
         "JSON document. Time per request is the mean over a round (`time.perf_counter_ns`), "
         "reported as the median of the rounds; the garbage collector stays on. After each round "
         "every response is checked: status 200, the body, the `Cache-Status` detail that names the "
-        "tier, and that the app behind a cache ran 0 times for hits and once per request for misses.",
+        "tier, and that the app behind a cache ran 0 times for hits and once per request for "
+        "misses.",
         "- **tiercache_mw tiers**: hot = a fresh entry in the hot RAM tier. Cold = two URLs "
         "alternating with a hot budget that holds one entry, so each request finds its entry in "
         'cold, promotes it and demotes the other. Dry = `flush(tier="hot")` (untimed) before each '
-        "measured request, with a cold tier smaller than one entry, so every lookup reads the local "
+        "measured request, with a cold tier smaller than one entry, so every lookup reads the "
+        "local "
         "dry tier (disk, on the cache's loop thread). Miss = the app answers `no-store`, so every "
         "request is looked up, forwarded and not stored.",
         "- **Under a server**: uvicorn (uvloop, httptools, 1 worker) for ASGI, gunicorn (1 sync "
@@ -290,7 +295,8 @@ def markdown(run: Run, chart_name: str, analysis: str = "") -> str:
         "generator competes with the server for CPU (equally for every subject).",
         "- **Memory**: n HTTP entries (64-byte body, 3 headers, url tag, residency from the rules, "
         "built with `TierCache.make_entry` like the middleware's) put into a RAM tier in a fresh "
-        "process; overhead = traced bytes (tracemalloc) per entry minus body and header characters; "
+        "process; overhead = traced bytes (tracemalloc) per entry minus body and header "
+        "characters; "
         "the same from RSS growth in a second process without tracemalloc.",
         "- **Budget**: `cache.set` of distinct 1 KB values far beyond both budgets; "
         "`stats()` sampled every few hundred writes.",
@@ -342,7 +348,8 @@ def markdown(run: Run, chart_name: str, analysis: str = "") -> str:
         out += [
             "",
             f"Budget under churn: {budget.entries_written:,} distinct 1 KB writes into hot "
-            f"{budget.hot_max_bytes / 1024**2:.0f} MiB / cold {budget.cold_max_bytes / 1024**2:.0f} MiB, "
+            f"{budget.hot_max_bytes / 1024**2:g} MiB / cold "
+            f"{budget.cold_max_bytes / 1024**2:g} MiB, "
             f"{budget.samples} samples: hot peaked at {budget.hot_peak_ratio:.1%} of its max, "
             f"cold at {budget.cold_peak_ratio:.1%}. Python heap growth peaked at "
             f"{budget.heap_peak_ratio:.1f}x the two budgets together; the demotion queue peaked at "
@@ -355,11 +362,11 @@ def markdown(run: Run, chart_name: str, analysis: str = "") -> str:
         for e in run.eviction:
             pairs.setdefault((e.trace, e.capacity_pct), {})[e.policy] = e
         for (trace, pct), by in pairs.items():
-            s, l = by["sieve"], by["lru"]
+            s, lru = by["sieve"], by["lru"]
             rows.append(
-                [trace, f"{pct:g} %", f"{s.hit_ratio:.3f}", f"{l.hit_ratio:.3f}",
-                 f"{s.ns_per_hit:.0f}", f"{l.ns_per_hit:.0f}", f"{s.ns_per_request:.0f}",
-                 f"{l.ns_per_request:.0f}"]
+                [trace, f"{pct:g} %", f"{s.hit_ratio:.3f}", f"{lru.hit_ratio:.3f}",
+                 f"{s.ns_per_hit:.0f}", f"{lru.ns_per_hit:.0f}", f"{s.ns_per_request:.0f}",
+                 f"{lru.ns_per_request:.0f}"]
             )  # fmt: skip
         out += _table(
             ["trace", "cache size", "SIEVE hit ratio", "LRU hit ratio", "SIEVE ns/hit",
@@ -381,8 +388,11 @@ def markdown(run: Run, chart_name: str, analysis: str = "") -> str:
         )  # fmt: skip
         out += [
             "",
-            f"{dry.seconds:g} s each. Measured: {dry.demotions_per_s:,.0f} demotions/s, "
-            f"{dry.dry_writes_per_s:,.0f} dry writes/s, {dry.dropped:,} demotions dropped; "
+            f"{dry.seconds:g} s each. The writer pushed {dry.puts_per_s:,.0f} entries/s through "
+            f"hot towards dry ({dry.demotions_per_s:,.0f} demotions/s counted by stats(), "
+            f"hot->cold and cold->dry each counting one); the dry tier wrote "
+            f"{dry.dry_writes_per_s:,.0f} entries/s; {dry.dropped:,} demotions dropped by the "
+            "full queue; "
             f"{sum(dry.not_hot.values())} busy responses not from hot.",
         ]
     out += ["", "## Targets (issue 5)", ""]
@@ -416,7 +426,13 @@ def markdown(run: Run, chart_name: str, analysis: str = "") -> str:
     return "\n".join(out)
 
 
-# ---- chart -----------------------------------------------------------------------------------------
+# ---- chart ---------------------------------------------------------------------------------------
+def _color(spec: Spec) -> str:
+    if spec.group == "tiercache_mw":
+        return "#d62728"
+    return "#7f7f7f" if spec.baseline else "#1f77b4"
+
+
 def chart(run: Run, path: Path) -> None:
     import matplotlib
 
@@ -428,13 +444,7 @@ def chart(run: Run, path: Path) -> None:
     ax = axes[0][0]
     rows = sorted(run.inprocess, key=lambda r: (r.spec.kind, r.us))
     labels = [r.spec.label for r in rows]
-    colors = [
-        "#d62728"
-        if r.spec.group == "tiercache_mw"
-        else ("#7f7f7f" if r.spec.baseline else "#1f77b4")
-        for r in rows
-    ]
-    ax.barh(labels, [r.us for r in rows], color=colors)
+    ax.barh(labels, [r.us for r in rows], color=[_color(r.spec) for r in rows])
     ax.set_xscale("log")
     ax.set_xlabel("µs per request, in-process (log scale; lower is better)")
     ax.invert_yaxis()
@@ -447,12 +457,12 @@ def chart(run: Run, path: Path) -> None:
         srows = sorted(run.servers, key=lambda r: (r.spec.kind, -r.rps))
         ax.barh(
             [f"{r.spec.label} [{r.server}]" for r in srows], [r.rps for r in srows],
-            color=["#d62728" if r.spec.group == "tiercache_mw" else ("#7f7f7f" if r.spec.baseline else "#1f77b4") for r in srows],
+            color=[_color(r.spec) for r in srows],
         )  # fmt: skip
         ax.set_xlabel("requests per second under the server (higher is better)")
         ax.invert_yaxis()
-        for i, r in enumerate(srows):
-            ax.text(r.rps, i, f" {r.rps:,.0f}", va="center", fontsize=7)
+        for i, served in enumerate(srows):
+            ax.text(served.rps, i, f" {served.rps:,.0f}", va="center", fontsize=7)
     if run.eviction:
         ax = axes[0][column]
         keys = sorted({(e.trace, e.capacity_pct) for e in run.eviction}, key=lambda k: (k[1], k[0]))

@@ -17,6 +17,7 @@ import statistics
 import time
 import tracemalloc
 from collections import Counter
+from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -334,8 +335,9 @@ def measure_eviction(
 @dataclass(frozen=True)
 class DryLoadResult:
     seconds: float
-    target_rate: float  # demotions/s asked of the background writer
-    demotions_per_s: float  # measured from stats()
+    target_rate: float  # entries/s the background writer pushes through hot towards dry
+    puts_per_s: float  # what it reached
+    demotions_per_s: float  # measured from stats(): hot->cold and cold->dry both count
     dry_writes_per_s: float  # dry_entries growth
     dropped: int  # demotions dropped by a full queue
     quiet_p50_us: float
@@ -392,7 +394,7 @@ async def _dry_load(seconds: float, rate: float, tmp: Path) -> DryLoadResult:
         async def receive() -> dict[str, Any]:
             return {"type": "http.request", "body": b"", "more_body": False}
 
-        async def send(message: dict[str, Any]) -> None:
+        async def send(message: MutableMapping[str, Any]) -> None:
             sink.append(message)
 
         await app(asgi_scope("/item"), receive, send)  # stored in hot
@@ -402,7 +404,10 @@ async def _dry_load(seconds: float, rate: float, tmp: Path) -> DryLoadResult:
         stop = asyncio.Event()
         batch = max(1, int(rate / 100))
 
+        written = 0
+
         async def writer() -> None:
+            nonlocal written
             i = 0
             next_at = time.monotonic()
             while not stop.is_set():
@@ -410,6 +415,7 @@ async def _dry_load(seconds: float, rate: float, tmp: Path) -> DryLoadResult:
                     value = body[:-8] + b"%08d" % i
                     cache.put(cache.make_entry(f"bg:{i}", value, (), cache.residency_for(())))
                     i += 1
+                written = i
                 next_at += batch / rate
                 await asyncio.sleep(max(0.0, next_at - time.monotonic()))
 
@@ -431,6 +437,7 @@ async def _dry_load(seconds: float, rate: float, tmp: Path) -> DryLoadResult:
     return DryLoadResult(
         seconds=seconds,
         target_rate=rate,
+        puts_per_s=written / elapsed,
         demotions_per_s=(after["demotions"] - before["demotions"]) / elapsed,
         dry_writes_per_s=(after["dry_entries"] - before["dry_entries"]) / elapsed,
         dropped=after.get("demotions_dropped", 0) - before.get("demotions_dropped", 0),

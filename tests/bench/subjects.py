@@ -194,7 +194,7 @@ def hishel_app(tmp: Path, name: str = "hishel") -> ASGIApp:
     from hishel.asgi import ASGICacheMiddleware
 
     storage = AsyncSqliteStorage(database_path=str(tmp / "hishel.db"))
-    return ASGICacheMiddleware(counted_asgi(name, CACHE_CONTROL), storage=storage)  # type: ignore[arg-type]
+    return ASGICacheMiddleware(counted_asgi(name, CACHE_CONTROL), storage=storage)
 
 
 def flask_caching_app(name: str = "flask-caching") -> WSGIApp:

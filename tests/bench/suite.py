@@ -39,6 +39,9 @@ class Spec:
     server: bool = False  # also measured under uvicorn / gunicorn
     baseline: bool = False  # the raw constant app of its kind
 
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return by_name, (self.name,)  # pickled by name: the builders are lambdas
+
     @property
     def group(self) -> str:
         return "tiercache_mw" if self.name.startswith("tiercache") else "other"
