@@ -235,7 +235,7 @@ async def test_delete_racing_a_demotion_does_not_resurrect(tmp_path: Path) -> No
         gate.set()
         await settle(cache)
         assert await cache.get("queued", MISSING) is MISSING
-        assert not cache.dry.path_for("queued").exists()  # type: ignore[attr-defined]
+        assert not cache.dry.path_for("queued").exists()
     finally:
         gate.set()
         await cache.close()
@@ -252,6 +252,27 @@ async def test_delete_of_an_entry_waiting_in_the_queue(tmp_path: Path) -> None:
         assert await cache.get("a", MISSING) is MISSING
         assert await cache.get("b", MISSING) is MISSING
         assert await cache.get("c") == b"x" * 10
+    finally:
+        await cache.close()
+
+
+async def test_a_deleted_key_stays_deleted_while_its_move_is_being_written(
+    tmp_path: Path,
+) -> None:
+    """The delete lands while the demotion to dry is on disk already or still in flight: no
+    later lookup may find the copy (and promote it back to hot) before it is undone."""
+    cache = TierCache(config(tmp_path, hot=entry_size(10), cold=entry_size(10)))
+    try:
+        resurrected = []
+        for round_ in range(150):  # the window is a few hundred microseconds wide
+            keys = [f"{round_}-{name}" for name in "abcd"]
+            for key in keys:
+                cache.put(cache.make_entry(key, b"x" * 10, (), cache.residency_for(())))
+            for key in keys[:2]:
+                assert await cache.delete(key)
+                if await cache.get(key, MISSING) is not MISSING:
+                    resurrected.append(key)
+        assert resurrected == []
     finally:
         await cache.close()
 

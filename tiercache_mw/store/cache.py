@@ -64,6 +64,26 @@ class _Demotion:
         self.targets = targets
 
 
+class _Write:
+    """A move being written to its tiers; `deleted` when a delete or purge met it there."""
+
+    __slots__ = ("deleted", "done")
+
+    def __init__(self) -> None:
+        self.deleted = False
+        self.done = asyncio.Event()
+
+
+class _Read:
+    """Slow lookups of one key in flight; `removed` when the key was deleted meanwhile."""
+
+    __slots__ = ("count", "removed")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.removed = False
+
+
 class _TrackingBuffer:
     """Tracking writes waiting for the next flush: the last write per key, and hit counts."""
 
@@ -122,7 +142,8 @@ class TierCache:
         self._queue: collections.deque[_Demotion] = collections.deque()
         self._queue_lock = threading.Lock()
         self._pending: dict[str, _Demotion] = {}
-        self._writing: dict[str, bool] = {}  # key -> deleted while its move was being written
+        self._writing: dict[str, _Write] = {}  # loop thread only
+        self._reading: dict[str, _Read] = {}  # loop thread only
         self._wake_sent = False
         self._drain_event: asyncio.Event | None = None
         self._tracking_lock: asyncio.Lock | None = None
@@ -542,8 +563,10 @@ class TierCache:
 
     async def _write_move(self, item: _Demotion) -> None:
         key = item.entry.key
-        # Marked before the check: a delete from now on is seen by one side or the other.
-        self._writing[key] = False
+        # Registered before the check: a delete from now on is seen by one side or the other.
+        # It stays registered until a delete met meanwhile has been undone, so that lookups
+        # and deletes (which wait for `done`) never see the copy that briefly landed.
+        write = self._writing[key] = _Write()
         written: list[str] = []
         try:
             if self._pending.get(key) is not item:
@@ -553,15 +576,20 @@ class TierCache:
                     continue  # that tier was flushed while an earlier target was written
                 if await self._guard(name, self._write(name, item.entry), False):
                     written.append(name)
-            if written:
-                self._buffer.set(item.entry, written[0])
-        finally:
-            deleted = self._writing.pop(key, False)
             if self._pending.get(key) is item:
                 del self._pending[key]
-        if deleted:
-            for name in written:
-                await self._guard(name, self._tier(name).delete(key), False)
+            if write.deleted:
+                for name in written:
+                    await self._guard(name, self._tier(name).delete(key), False)
+                self._buffer.delete([key])
+            elif written:
+                self._buffer.set(item.entry, written[0])
+        finally:
+            if self._pending.get(key) is item:
+                del self._pending[key]
+            if self._writing.get(key) is write:
+                del self._writing[key]
+            write.done.set()
 
     async def _write(self, name: str, entry: Entry) -> bool:
         await self._tier(name).set(entry)
@@ -575,8 +603,12 @@ class TierCache:
 
     def _drop_local(self, key: str) -> bool:
         removed = self._pending.pop(key, None) is not None
-        if key in self._writing:
-            self._writing[key] = True
+        write = self._writing.get(key)
+        if write is not None:
+            write.deleted = True
+        read = self._reading.get(key)
+        if read is not None:
+            read.removed = True  # a lookup reading it now must not promote it back to hot
         for ram in (self._hot_ram, self._cold_ram):
             if ram is not None and ram.take(key) is not None:
                 removed = True
@@ -586,6 +618,12 @@ class TierCache:
         count = 0
         for key in keys:
             removed = self._drop_local(key)
+            write = self._writing.get(key)
+            if write is not None:
+                # Its move is being written: once the write has landed and been undone, the
+                # key is gone everywhere when this returns (a delete is read-your-own).
+                await write.done.wait()
+                removed = True
             for name in TIERS:
                 tier = self._tier(name)
                 if isinstance(tier, RamTier):
@@ -706,24 +744,44 @@ class TierCache:
         return stats
 
     async def _lookup_slow(self, key: str) -> tuple[Entry, str] | None:
+        read = self._reading.get(key)
+        if read is None:
+            read = self._reading[key] = _Read()
+        read.count += 1
+        try:
+            found = await self._lookup_below(key, read)
+        finally:
+            read.count -= 1
+            if read.count == 0 and self._reading.get(key) is read:
+                del self._reading[key]
+        if found is None:
+            self._misses += 1
+        return found
+
+    def _still_there(self, key: str, read: _Read) -> bool:
+        """False when the key was deleted while it was being read, or the copy read is one a
+        delete is about to undo: promoting it would bring a deleted key back."""
+        write = self._writing.get(key)
+        return not read.removed and (write is None or not write.deleted)
+
+    async def _lookup_below(self, key: str, read: _Read) -> tuple[Entry, str] | None:
         if self._hot_ram is None:
             entry = await self._guard("hot", self.hot.get(key), None)
-            if entry is not None:
+            if entry is not None and self._still_there(key, read):
                 self._hot_hits += 1
                 self._buffer.hits[key] = self._buffer.hits.get(key, 0) + 1
                 return entry, "hot"
         if self._cold_ram is None:
             entry = await self._guard("cold", self.cold.get(key), None)
-            if entry is not None:
+            if entry is not None and self._still_there(key, read):
                 self._cold_hits += 1
                 self._promote(entry)
                 return entry, "cold"
         entry = await self._guard("dry", self.dry.get(key), None)
-        if entry is not None:
+        if entry is not None and self._still_there(key, read):
             self._dry_hits += 1
             self._promote(entry)
             return entry, "dry"
-        self._misses += 1
         return None
 
     # ---- the fault boundary ----------------------------------------------------------------
