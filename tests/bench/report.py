@@ -341,7 +341,7 @@ def markdown(run: Run, chart_name: str, analysis: str = "") -> str:
         ]
         out += _table(
             ["line", "B/entry"],
-            [[f"`{w}`".replace("``", "`"), f"{b:.0f}"] for w, b in mem.breakdown],
+            [[f"`{w.replace('`', '')}`", f"{b:.0f}"] for w, b in mem.breakdown],
         )
     budget = run.budget
     if budget is not None:
