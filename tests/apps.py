@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-from flask import Flask, Response, request
+from flask import Flask, Response, jsonify, request
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, StreamingResponse
@@ -73,7 +73,7 @@ def make_flask_app(calls: collections.Counter[str]) -> Flask:
     @app.route("/products/<product_id>")
     def product(product_id: str) -> Response:
         calls[request.path] += 1
-        response = app.json.response({"id": product_id})
+        response = jsonify({"id": product_id})
         response.headers.update(product_headers(product_id))
         return response
 

@@ -133,7 +133,7 @@ def demo(tmp_path: Path) -> Iterator[str]:
     finally:
         process.terminate()
         try:
-            code = process.wait(15)
+            code: int | None = process.wait(15)
         except subprocess.TimeoutExpired:
             process.kill()
             code = None

@@ -72,7 +72,7 @@ def test_flask_example_serves_a_miss_then_a_hot_hit(
         posted = client.post("/products/1", json={"price": 99.0}, buffered=True)
         after = client.get("/products/1", buffered=True)
     finally:
-        app.wsgi_app.close()  # type: ignore[attr-defined]
+        app.wsgi_app.close()
     assert first.headers["cache-status"] == "tiercache; fwd=uri-miss; stored"
     assert second.headers["cache-status"].startswith("tiercache; hit; ttl=")
     assert second.get_json() == first.get_json()

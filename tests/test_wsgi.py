@@ -5,7 +5,7 @@ from __future__ import annotations
 import collections
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -191,8 +191,9 @@ def test_concurrent_misses_collapse_into_one_app_call(tmp_path: Path) -> None:
 
         def start_response(
             status: str, response_headers: list[tuple[str, str]], exc_info: Any = None
-        ) -> None:
+        ) -> Callable[[bytes], object]:
             headers.update(response_headers)
+            return lambda data: None
 
         body = b"".join(middleware(environ, start_response))
         assert body == b"ok"
