@@ -133,7 +133,9 @@ class MemcachedTier:
             seconds = self.tier.ttl_seconds
         if seconds is None:
             return 0
-        whole = max(1, math.ceil(seconds))
+        # memcached's clock ticks once a second, so a relative exptime of n can end after
+        # n - 1 seconds; one more second makes the residency at least what was asked.
+        whole = max(1, math.ceil(seconds)) + 1
         return whole if whole <= _THIRTY_DAYS else int(time.time()) + whole
 
     # ---- the Tier protocol -----------------------------------------------------------------
