@@ -227,3 +227,11 @@ def test_lifespan_starts_and_closes_the_cache(tmp_path: Path) -> None:
         assert reopened.stats_sync()["dry_entries"] >= 1
     finally:
         reopened.close_sync()
+
+
+async def test_purge_by_url_in_any_spelling(harness: Harness) -> None:
+    """The query is stored normalised (sorted); purge(url=...) normalises what it is given."""
+    await harness.get("/products/4?b=2&a=1")
+    assert is_hit(await harness.get("/products/4?a=1&b=2"))
+    await harness.middleware.cache.purge(url="http://TESTSERVER:80/products/4?b=2&a=1")
+    assert not is_hit(await harness.get("/products/4?a=1&b=2"))

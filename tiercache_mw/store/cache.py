@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 import msgpack
 
 from tiercache_mw.config import Config
+from tiercache_mw.http.key import normalise_url
 from tiercache_mw.store.backends import make_tier, make_tracking
 from tiercache_mw.store.base import Tier, TierStats
 from tiercache_mw.store.entry import ENTRY_OVERHEAD_BYTES, Entry, Residency, StoredResponse, Tags
@@ -318,7 +319,8 @@ class TierCache:
         if tags:
             selectors.append(_tags(tags))
         if url is not None:
-            selectors.append(((_URL_TAG, url),))
+            # Any spelling of the URL finds the entries: ?b=2&a=1 is stored as ?a=1&b=2.
+            selectors.append(((_URL_TAG, normalise_url(url)),))
         return await self._call(self._purge(selectors, list(keys or ())))
 
     def get_sync(self, key: str, default: Any = None) -> Any:
