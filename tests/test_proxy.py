@@ -477,6 +477,9 @@ def test_upstream_down_gives_502_with_cache_status(tmp_path: Path) -> None:
         ([(b"transfer-encoding", b"chunked"), (b"trailer", b"x"), (b"upgrade", b"h2c"),
           (b"proxy-connection", b"keep-alive"), (b"content-length", b"5")],
          [(b"content-length", b"5")]),
+        ([(b"Proxy-Authorization", b"Basic eA=="), (b"proxy-authenticate", b"Basic"),
+          (b"authorization", b"Bearer t")],
+         [(b"authorization", b"Bearer t")]),
     ],
 )  # fmt: skip
 def test_strip_hop_by_hop_removes_fixed_and_connection_named_fields(

@@ -15,31 +15,20 @@ from urllib.parse import quote
 
 import httpx
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-from werkzeug.http import http_date, parse_list_header
+from werkzeug.http import http_date
 
 from tiercache_mw.asgi import CacheMiddleware
 from tiercache_mw.engine import ConfigSource
+from tiercache_mw.http import headers as http_headers
+from tiercache_mw.http.headers import Headers
 
 __all__ = ["HOP_BY_HOP", "ReverseProxy", "build_proxy", "proxy_app", "strip_hop_by_hop"]
 
 logger = logging.getLogger("tiercache_mw.proxy")
 
-Headers = list[tuple[bytes, bytes]]
-
-# RFC 9110 §7.6.1 and the legacy fields it names; werkzeug's list omits the Connection-named ones.
-HOP_BY_HOP = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"te",
-        b"transfer-encoding",
-        b"upgrade",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-        b"trailer",
-    }
-)
+# The cache's hop-by-hop set plus the proxy credentials (RFC 9110 §11.7.1), which are meant
+# for the hop that asked for them and are never forwarded.
+HOP_BY_HOP = http_headers.HOP_BY_HOP | {b"proxy-authenticate", b"proxy-authorization"}
 # Host: httpx sends the upstream's. Expect: the ASGI server already answered 100-continue.
 _NOT_FORWARDED = frozenset({b"host", b"expect"})
 VIA_PSEUDONYM = "tiercache"
@@ -53,12 +42,8 @@ def strip_hop_by_hop(headers: Iterable[tuple[bytes, bytes]]) -> Headers:
     (RFC 9110 §7.6.1). Names come back lowercased.
     """
     pairs = [(name.lower(), value) for name, value in headers]
-    named: set[bytes] = set()
-    for name, value in pairs:
-        if name == b"connection":
-            for token in parse_list_header(value.decode("latin-1")):
-                named.add(token.strip().lower().encode("latin-1"))
-    return [(name, value) for name, value in pairs if name not in HOP_BY_HOP and name not in named]
+    dropped = http_headers.connection_fields(pairs) | HOP_BY_HOP
+    return [(name, value) for name, value in pairs if name not in dropped]
 
 
 def _append(headers: Headers, name: bytes, value: bytes) -> None:
