@@ -9,7 +9,7 @@ order the configuration lists them, like Starlette's router and Varnish's `vcl_r
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, TypeVar
 
 from starlette.convertors import CONVERTOR_TYPES
 
@@ -22,6 +22,8 @@ __all__ = ["MEMO_SIZE", "RouteTable", "TtlRules", "compile_pattern"]
 
 # How many distinct paths (or tag sets) a table remembers before it starts over.
 MEMO_SIZE: Final = 4096
+_K = TypeVar("_K")
+_V = TypeVar("_V")
 
 # A parameter as Starlette writes it: {name} or {name:convertor}.
 _PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::([A-Za-z_][A-Za-z0-9_]*))?\}")
@@ -128,12 +130,7 @@ class RouteTable:
             if regex.match(path) is not None:
                 found = rule
                 break
-        # Safe to forget at any time: routes are frozen, so an answer depends on the path
-        # alone; clearing when full only bounds memory against endless distinct URLs.
-        if len(memo) >= MEMO_SIZE:
-            memo.clear()
-        memo[path] = found
-        return found
+        return _remember(memo, path, found)
 
 
 class TtlRules:
@@ -172,8 +169,13 @@ class TtlRules:
             if have.issuperset(rule.tag):
                 found = rule
                 break
-        # Same reasoning as RouteTable.match: rules are frozen, the memo only saves work.
-        if len(memo) >= MEMO_SIZE:
-            memo.clear()
-        memo[tags] = found
-        return found
+        return _remember(memo, tags, found)
+
+
+def _remember(memo: dict[_K, _V], key: _K, value: _V) -> _V:
+    # Safe to forget at any time: routes and rules are frozen, so an answer depends on the
+    # key alone; clearing when full only bounds memory against endless distinct URLs.
+    if len(memo) >= MEMO_SIZE:
+        memo.clear()
+    memo[key] = value
+    return value
