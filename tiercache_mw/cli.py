@@ -6,18 +6,16 @@ Exit codes: 0 success, 2 a usage or configuration error (the one message goes to
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import os
 import sys
 from collections.abc import Sequence
 from typing import Any
 
-from tiercache_mw import config as config_module
-from tiercache_mw.config import Config, load_config
+from tiercache_mw.config import describe_config, load_config
 from tiercache_mw.errors import ConfigError
 
-__all__ = ["describe", "main", "proxy_from_env"]
+__all__ = ["main", "proxy_from_env"]
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 # Worker processes rebuild the proxy from these (uvicorn needs an import string for --workers).
@@ -25,8 +23,6 @@ ENV_UPSTREAM = "TIERCACHE_PROXY_UPSTREAM"
 ENV_CONFIG = "TIERCACHE_PROXY_CONFIG"
 ENV_TIMEOUT = "TIERCACHE_PROXY_TIMEOUT"
 ENV_CONNECT_TIMEOUT = "TIERCACHE_PROXY_CONNECT_TIMEOUT"
-_SECRET_FIELDS = frozenset({"password", "secret_key", "access_key", "dsn", "url"})
-_HIDDEN_FIELDS = frozenset({"regex", "source", "base_dir"})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,54 +78,8 @@ def _check_config(path: str) -> int:
         print(f"{path}: cannot read the file: {exc.strerror or exc}", file=sys.stderr)
         return 2
     print(f"{path}: OK")
-    print(describe(config))
+    print(describe_config(config))
     return 0
-
-
-def describe(config: Config) -> str:
-    """The effective configuration as text: config.describe_config when it exists."""
-    describe_config = getattr(config_module, "describe_config", None)
-    if describe_config is not None:
-        return str(describe_config(config))
-    return _render(config)
-
-
-def _render(config: Config) -> str:
-    lines: list[str] = []
-    for name, section in (
-        ("hot_cache", config.hot),
-        ("cold_cache", config.cold),
-        ("dry_cache", config.dry),
-        ("tracking", config.tracking),
-        ("http", config.http),
-        ("redis", config.redis),
-        ("memcached", config.memcached),
-        ("s3", config.s3),
-        ("postgres", config.postgres),
-    ):
-        if section is not None:
-            lines.append(f"{name}: {_inline(section)}")
-    lines.append("routes:" if config.routes else "routes: []  # every GET/HEAD route is cached")
-    lines.extend(f"  - {_inline(rule)}" for rule in config.routes)
-    lines.append("ttl_rules:" if config.ttl_rules else "ttl_rules: []")
-    lines.extend(f"  - {_inline(rule)}" for rule in config.ttl_rules)
-    return "\n".join(lines)
-
-
-def _inline(obj: Any) -> str:
-    parts = []
-    for field in dataclasses.fields(obj):
-        if field.name in _HIDDEN_FIELDS:
-            continue
-        value = getattr(obj, field.name)
-        if field.name in _SECRET_FIELDS and value:
-            value = "***"
-        elif field.name in ("tag", "tags"):
-            value = dict(value)
-        parts.append(
-            f"{field.name}: {value!r}" if isinstance(value, str) else f"{field.name}: {value}"
-        )
-    return "{" + ", ".join(parts) + "}"
 
 
 # ---- proxy -------------------------------------------------------------------------------
