@@ -79,6 +79,8 @@ _EMPTY_RESPONSE = ResponseCacheControl()
 
 def parse_directives(value: str) -> list[tuple[str, str | None]]:
     """Directives in order, names lowercased, arguments unquoted, duplicates kept (§5.2)."""
+    # Not werkzeug's parse_cache_control_header: its names are case-sensitive, a duplicate
+    # keeps the last value and a bad number becomes None, where §4.2.1 wants "stale".
     directives: list[tuple[str, str | None]] = []
     for item in parse_list_header(value):
         name, sep, argument = item.partition("=")

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from werkzeug.http import parse_date
 
-from tiercache_mw.http.cache_control import ResponseCacheControl
+from tiercache_mw.http.cache_control import DELTA_SECONDS_MAX, ResponseCacheControl
 from tiercache_mw.http.headers import Headers, get_all, get_header
 
 if TYPE_CHECKING:
@@ -124,7 +124,7 @@ def _age_value(headers: Headers) -> float:
     text = raw.split(b",")[0].strip()
     if not text.isdigit():
         return 0.0
-    return float(min(int(text), 2**31))
+    return float(min(int(text), DELTA_SECONDS_MAX))
 
 
 def initial_age(headers: Headers, *, request_time: float, response_time: float) -> float:
