@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from tiercache_mw.http.cache_control import RequestCacheControl
+from tiercache_mw.http.freshness import current_age
 
 if TYPE_CHECKING:
     from tiercache_mw.store.entry import StoredResponse
@@ -38,7 +39,7 @@ def decide_reuse(stored: StoredResponse, req_cc: RequestCacheControl, now: float
       (§4.2.4, §5.2.2.2, §5.2.2.8, §5.2.2.10); else within the request's max-stale
       (§5.2.1.2), else within stale-while-revalidate (RFC 5861 §3), else validated.
     """
-    age = stored.initial_age + (now - stored.response_time)
+    age = current_age(stored, now)
     ttl = stored.freshness_lifetime - age
     if stored.requires_validation or req_cc.no_cache:
         return ReuseDecision(Reuse.VALIDATE, age, ttl)
@@ -75,5 +76,5 @@ def may_serve_stale_on_error(
         window = max(window, float(req_cc.stale_if_error))
     if window <= 0:
         return False
-    staleness = stored.initial_age + (now - stored.response_time) - stored.freshness_lifetime
+    staleness = current_age(stored, now) - stored.freshness_lifetime
     return staleness <= window
