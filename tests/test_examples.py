@@ -75,6 +75,7 @@ def test_flask_example_serves_a_miss_then_a_hot_hit(
         app.wsgi_app.close()
     assert first.headers["cache-status"] == "tiercache; fwd=uri-miss; stored"
     assert second.headers["cache-status"].startswith("tiercache; hit; ttl=")
+    assert second.headers["cache-status"].endswith("; detail=hot")
     assert second.get_json() == first.get_json()
     assert posted.status_code == 200
     assert after.headers["cache-status"] == "tiercache; fwd=uri-miss; stored"
