@@ -7,13 +7,24 @@ import pytest
 from tests.http.support import NOW, date, hdrs, stored
 from tiercache_mw.config import HttpConfig
 from tiercache_mw.http.cache_control import response_cache_control
-from tiercache_mw.http.freshness import current_age, freshness_lifetime, initial_age
+from tiercache_mw.http.freshness import current_age, initial_age
+from tiercache_mw.http.response import lifetime_for
+
+HEURISTIC_CAP = HttpConfig(heuristic_max_seconds=3600)
 
 
 def lifetime(status: int = 200, **fields: str) -> float:
+    """The lifetime the store computes, with no operator rule in play."""
     headers = hdrs(**fields)
+    return lifetime_headers(status, headers)
+
+
+def lifetime_headers(status: int, headers: list[tuple[bytes, bytes]]) -> float:
     cc = response_cache_control(headers)
-    return freshness_lifetime(status, headers, cc, response_time=NOW, max_seconds=3600)
+    return lifetime_for(
+        status, headers, cc, response_time=NOW, rule_ttl=None, override_origin=False,
+        http=HEURISTIC_CAP,
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -50,7 +61,7 @@ def test_targeted_field_ignores_expires() -> None:
 
 def test_differing_expires_lines_are_stale() -> None:
     headers = [(b"expires", date(10).encode()), (b"expires", date(20).encode())]
-    assert freshness_lifetime(200, headers, response_cache_control(headers), response_time=NOW) == 0
+    assert lifetime_headers(200, headers) == 0
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,6 @@ __all__ = [
     "HEURISTICALLY_CACHEABLE",
     "current_age",
     "explicit_lifetime",
-    "freshness_lifetime",
     "heuristic_lifetime",
     "http_timestamp",
     "initial_age",
@@ -95,25 +94,6 @@ def heuristic_lifetime(
     if since <= 0:
         return 0.0
     return min(since * fraction, max_seconds)
-
-
-def freshness_lifetime(
-    status: int,
-    headers: Headers,
-    cc: ResponseCacheControl,
-    *,
-    response_time: float,
-    fraction: float = 0.1,
-    max_seconds: float = 86400.0,
-) -> float:
-    """The response's own lifetime (§4.2.1), else a heuristic one (§4.2.2), else 0."""
-    explicit = explicit_lifetime(headers, cc, response_time=response_time)
-    if explicit is not None:
-        return explicit
-    return heuristic_lifetime(
-        status, headers, cc, response_time=response_time, fraction=fraction,
-        max_seconds=max_seconds,
-    )  # fmt: skip
 
 
 def _age_value(headers: Headers) -> float:
