@@ -478,3 +478,41 @@ async def test_demotion_queue_overflow_drops_the_oldest_and_counts_it(tmp_path: 
     finally:
         cache_module.DEMOTION_QUEUE_MAX = limit
         await cache.close()
+
+
+# ---- misses answered without the loop thread --------------------------------------------
+async def test_a_miss_is_answered_without_crossing_to_the_loop(tmp_path: Path) -> None:
+    cache = TierCache(config(tmp_path))
+    try:
+        await cache.start()
+        crossings = 0
+        real_call = cache._call
+
+        def counting_call(coro: Any) -> Any:
+            nonlocal crossings
+            crossings += 1
+            return real_call(coro)
+
+        cache._call = counting_call  # type: ignore[method-assign]
+        assert await cache.lookup("absent") is None
+        assert cache.lookup_blocking("absent too") is None
+        assert crossings == 0
+        cache._call = real_call  # type: ignore[method-assign]
+        assert (await cache.stats())["misses"] == 2
+    finally:
+        await cache.close()
+
+
+async def test_an_entry_another_process_wrote_to_dry_is_still_found(tmp_path: Path) -> None:
+    writer = TierCache(config(tmp_path))
+    reader = TierCache(config(tmp_path))  # same dry directory, its own RAM and index
+    try:
+        await reader.start()
+        assert await reader.get("shared", MISSING) is MISSING
+        await writer.start()
+        await writer.dry.set(writer.make_entry("shared", b"v2", (), writer.residency_for(())))
+        assert await reader.get("shared") == b"v2"
+        assert reader.lookup_blocking("shared") is not None
+    finally:
+        await writer.close()
+        await reader.close()

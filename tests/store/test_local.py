@@ -132,3 +132,13 @@ async def test_flush_leaves_other_files_in_the_directory(tmp_path: Path) -> None
     await tier.flush()
     assert (tmp_path / "README").read_text() == "mine"
     assert await tier.get("k") is None
+
+
+async def test_may_contain_sees_files_another_tier_instance_wrote(tmp_path: Path) -> None:
+    reader = local(tmp_path)
+    writer = local(tmp_path)  # another process sharing the directory: its own index
+    assert reader.may_contain("k") is False
+    await writer.set(contract_entry("k", b"v", residency=Residency(None, None, 3600.0)))
+    assert reader.may_contain("k") is True
+    await writer.delete("k")
+    assert reader.may_contain("k") is False

@@ -135,6 +135,12 @@ class TierCache:
         self.dry: Tier = make_tier("dry", config.dry, config, None)
         if isinstance(self.dry, LocalTier):
             self.dry.on_remove = self._dry_removed
+        # Resolved once: the hit path must not pay an isinstance per request.
+        self._hot_ram: RamTier | None = self.hot if isinstance(self.hot, RamTier) else None
+        self._cold_ram: RamTier | None = self.cold if isinstance(self.cold, RamTier) else None
+        # When hot and cold are this process's RAM, a local dry directory is the only tier
+        # below, and a stat answers "not there" without crossing to the loop thread.
+        self._ram_above_dry = self._hot_ram is not None and self._cold_ram is not None
         self.tracking = make_tracking(config)
         from tiercache_mw.rules import TtlRules
 
@@ -159,14 +165,6 @@ class TierCache:
         self._demotions = self._promotions = self._dropped = 0
         self._errors: collections.Counter[str] = collections.Counter()
         self._logged: dict[str, float] = {}
-
-    @property
-    def _hot_ram(self) -> RamTier | None:
-        return self.hot if isinstance(self.hot, RamTier) else None
-
-    @property
-    def _cold_ram(self) -> RamTier | None:
-        return self.cold if isinstance(self.cold, RamTier) else None
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> TierCache:
@@ -416,6 +414,8 @@ class TierCache:
         found = self._lookup_ram(key)
         if found is not None:
             return found
+        if self._surely_not_below(key):
+            return None
         return await self._call(self._lookup_slow(key))
 
     def lookup_blocking(self, key: str) -> tuple[Entry, str] | None:
@@ -423,7 +423,18 @@ class TierCache:
         found = self._lookup_ram(key)
         if found is not None:
             return found
+        if self._surely_not_below(key):
+            return None
         return self.run_sync(self._lookup_slow(key))  # type: ignore[no-any-return]
+
+    def _surely_not_below(self, key: str) -> bool:
+        """True when no tier below RAM can hold `key`, known without the loop thread: a
+        miss then costs one stat instead of two thread hops (~25 µs against ~200 µs)."""
+        dry = self.dry
+        if not self._ram_above_dry or not isinstance(dry, LocalTier) or dry.may_contain(key):
+            return False
+        self._misses += 1
+        return True
 
     def put(self, entry: Entry) -> None:
         """Store into hot now (sync, RAM only); evictions and tracking go to the background."""

@@ -64,6 +64,7 @@ class LocalTier:
         self.name = name
         self.tier = tier
         self.root = Path(root)
+        self._root = os.fspath(self.root)
         self.max_bytes = tier.max_size_bytes
         self.on_remove = on_remove
         self.clock = clock
@@ -81,6 +82,19 @@ class LocalTier:
 
     def path_for(self, key: str) -> Path:
         return self.root / self.relative_path(key)
+
+    def may_contain(self, key: str) -> bool:
+        """False only when no file holds `key`: one stat, no thread hop, and right across
+        processes sharing the directory (the in-memory index only knows this process's
+        writes). A file found may still be expired or foreign; `get` decides that."""
+        name = file_name(key)
+        try:
+            os.stat(os.path.join(self._root, name[:2], name[2:4], name))
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        except OSError:
+            return True  # unsure (permissions, I/O): let the real read find out
+        return True
 
     def _scan(self) -> None:
         with self._lock:
