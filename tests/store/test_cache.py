@@ -516,3 +516,18 @@ async def test_an_entry_another_process_wrote_to_dry_is_still_found(tmp_path: Pa
     finally:
         await writer.close()
         await reader.close()
+
+
+async def test_hot_hits_reach_tracking_counted_per_key(cache: TierCache) -> None:
+    await cache.set("a", b"1")
+    await cache.set("b", b"2")
+    await cache._call(cache._flush_tracking())
+    for _ in range(5):
+        assert cache.get_hot("a") is not None
+    assert cache.get_hot("b") is not None
+    await cache._call(cache._flush_tracking())
+    for _ in range(2):
+        assert cache.get_hot("a") is not None
+    await cache._call(cache._flush_tracking())
+    rows = {key: await cache.tracking.get(key) for key in ("a", "b")}
+    assert {key: row.hits for key, row in rows.items() if row is not None} == {"a": 7, "b": 1}

@@ -92,7 +92,8 @@ class _TrackingBuffer:
         self._lock = threading.Lock()
         # key -> (tier, tags, size, time) for a set, None for a delete
         self._ops: dict[str, tuple[str, Tags, int, float] | None] = {}
-        self.hits: dict[str, int] = {}
+        # Entries hit since the last flush; their counts live on them (Entry.hits).
+        self.hit_entries: list[Entry] = []
 
     def set(self, entry: Entry, tier: str) -> None:
         with self._lock:
@@ -103,12 +104,24 @@ class _TrackingBuffer:
             for key in keys:
                 self._ops[key] = None
 
+    def count_hit(self, entry: Entry) -> None:
+        """One hit on `entry`: an int bump, and a list append only on its first hit since
+        the last flush. Lock-free: a hit racing the flush's reset may be lost (one count,
+        never an entry)."""
+        hits = entry.hits
+        entry.hits = hits + 1
+        if not hits:
+            self.hit_entries.append(entry)
+
     def take(self) -> tuple[dict[str, tuple[str, Tags, int, float] | None], dict[str, int]]:
         with self._lock:
             ops, self._ops = self._ops, {}
-            # Swapped, not copied: a hit counted into the old dict during the swap is lost,
-            # which costs one hit count, never an entry.
-            hits, self.hits = self.hits, {}
+            entries, self.hit_entries = self.hit_entries, []
+        hits: dict[str, int] = {}
+        for entry in entries:
+            count, entry.hits = entry.hits, 0
+            if count:
+                hits[entry.key] = hits.get(entry.key, 0) + count
         return ops, hits
 
 
@@ -405,8 +418,11 @@ class TierCache:
         entry = hot.get_now(key)
         if entry is not None:
             self._hot_hits += 1
-            hits = self._buffer.hits
-            hits[key] = hits.get(key, 0) + 1
+            # _TrackingBuffer.count_hit, inlined: a call less on every hot hit.
+            hits = entry.hits
+            entry.hits = hits + 1
+            if not hits:
+                self._buffer.hit_entries.append(entry)
         return entry
 
     async def lookup(self, key: str) -> tuple[Entry, str] | None:
@@ -782,7 +798,7 @@ class TierCache:
             entry = await self._guard("hot", self.hot.get(key), None)
             if entry is not None and self._still_there(key, read):
                 self._hot_hits += 1
-                self._buffer.hits[key] = self._buffer.hits.get(key, 0) + 1
+                self._buffer.count_hit(entry)
                 return entry, "hot"
         if self._cold_ram is None:
             entry = await self._guard("cold", self.cold.get(key), None)

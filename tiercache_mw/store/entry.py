@@ -89,3 +89,6 @@ class Entry:
     created_at: float  # time.time() when first stored
     last_used: float  # time.monotonic() in RAM tiers; time.time() once encoded
     visited: bool = False  # SIEVE's bit: set on hit, cleared when the hand passes
+    # Hits since the last tracking flush, counted here so a hit writes no shared dict; the
+    # TierCache notes the entry on its first hit and the flush harvests and resets it.
+    hits: int = 0
