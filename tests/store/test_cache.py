@@ -219,10 +219,10 @@ async def test_delete_racing_a_demotion_does_not_resurrect(tmp_path: Path) -> No
     writing = threading.Event()
 
     class GatedDry(LocalTier):
-        async def set(self, entry: Entry) -> None:
+        def _write(self, entry: Entry) -> None:  # the blocking body: single and batched writes
             writing.set()
-            await asyncio.to_thread(gate.wait, 10)
-            await super().set(entry)
+            gate.wait(10)
+            super()._write(entry)
 
     cache = TierCache(config(tmp_path, hot=entry_size(10), cold=entry_size(10)))
     cache.dry = GatedDry("dry", cache.config.dry, tmp_path / "dry")
@@ -462,21 +462,91 @@ async def test_demotion_queue_overflow_drops_the_oldest_and_counts_it(tmp_path: 
     try:
         await cache.start()
         gate = threading.Event()
-        real_set = cache.dry.set
+        writing = threading.Event()
+        dry = cache.dry
+        assert isinstance(dry, LocalTier)
+        real_write = dry._write
 
-        async def slow_set(entry: Entry) -> None:
-            await asyncio.to_thread(gate.wait, 10)
-            await real_set(entry)
+        def slow_write(entry: Entry) -> None:
+            writing.set()
+            gate.wait(10)
+            real_write(entry)
 
-        cache.dry.set = slow_set  # type: ignore[method-assign]
-        for n in range(10):
+        dry._write = slow_write  # type: ignore[method-assign]
+        n = 0
+        while not writing.is_set() and n < 100:  # until the drain is stuck in a write
             cache.put(cache.make_entry(f"k{n}", b"x" * 10, (), cache.residency_for(())))
+            n += 1
+            await asyncio.sleep(0.001)
+        for m in range(n, n + 10):
+            cache.put(cache.make_entry(f"k{m}", b"x" * 10, (), cache.residency_for(())))
         gate.set()
         stats = await settle(cache)
         assert stats["demotions_dropped"] >= 4
-        assert stats["hot_entries"] + stats["cold_entries"] + stats["dry_entries"] < 10
+        assert stats["hot_entries"] + stats["cold_entries"] + stats["dry_entries"] < n + 10
     finally:
         cache_module.DEMOTION_QUEUE_MAX = limit
+        await cache.close()
+
+
+async def test_demotion_queue_is_bounded_in_bytes(tmp_path: Path) -> None:
+    import tiercache_mw.store.cache as cache_module
+
+    cache = TierCache(config(tmp_path, hot=entry_size(10), cold=entry_size(10)))
+    cache._queue_max_bytes = 3 * entry_size(1000)
+    try:
+        await cache.start()
+        gate = threading.Event()
+        writing = threading.Event()
+        dry = cache.dry
+        assert isinstance(dry, LocalTier)
+        real_write = dry._write
+
+        def slow_write(entry: Entry) -> None:
+            writing.set()
+            gate.wait(10)
+            real_write(entry)
+
+        dry._write = slow_write  # type: ignore[method-assign]
+        n = 0
+        while not writing.is_set() and n < 100:
+            cache.put(cache.make_entry(f"k{n}", b"x" * 1000, (), cache.residency_for(())))
+            n += 1
+            await asyncio.sleep(0.001)
+        for m in range(n, n + 10):
+            cache.put(cache.make_entry(f"k{m}", b"x" * 1000, (), cache.residency_for(())))
+            assert cache._queued_bytes <= cache._queue_max_bytes
+        assert len(cache._queue) <= 3 < cache_module.DEMOTION_QUEUE_MAX
+        gate.set()
+        stats = await settle(cache)
+        assert stats["demotions_dropped"] >= 7
+    finally:
+        await cache.close()
+
+
+async def test_a_burst_of_demotions_reaches_dry_in_batches(tmp_path: Path) -> None:
+    cache = TierCache(config(tmp_path, hot=entry_size(10), cold=entry_size(10)))
+    try:
+        await cache.start()
+        hops = 0
+        dry = cache.dry
+        assert isinstance(dry, LocalTier)
+        real_many = dry._write_many
+
+        def counting(entries: list[Entry]) -> list[BaseException | None]:
+            nonlocal hops
+            hops += 1
+            return real_many(entries)
+
+        dry._write_many = counting  # type: ignore[method-assign]
+        for n in range(300):
+            cache.put(cache.make_entry(f"k{n}", b"x" * 10, (), cache.residency_for(())))
+        stats = await settle(cache)
+        assert stats["demotions_dropped"] == 0
+        assert stats["dry_entries"] == 298  # all but the ones still in hot and cold
+        assert hops < 100
+        assert await cache.get("k0") == b"x" * 10
+    finally:
         await cache.close()
 
 

@@ -48,6 +48,12 @@ TagsArg = Mapping[str, str] | Tags | None
 
 TIERS = ("hot", "cold", "dry")
 DEMOTION_QUEUE_MAX = 10_000
+# The queue also holds at most this share of the RAM budgets in accounted bytes (within
+# [1 MiB, 256 MiB]): entries waiting there are outside both budgets.
+DEMOTION_QUEUE_BUDGET_SHARE = 0.25
+DEMOTION_QUEUE_MIN_BYTES = 1 << 20
+DEMOTION_QUEUE_MAX_BYTES = 256 << 20
+DRAIN_BATCH = 64  # moves to the local dry tier written per worker-thread hop
 BACKEND_TIMEOUT = 10.0  # a stuck backend call becomes a miss after this long
 ERROR_LOG_INTERVAL = 30.0  # at most one log line per tier per interval
 SWEEP_INTERVAL = 1.0  # how often residency is checked and shared dry tiers are trimmed
@@ -161,6 +167,16 @@ class TierCache:
         self._buffer = _TrackingBuffer()
         self._queue: collections.deque[_Demotion] = collections.deque()
         self._queue_lock = threading.Lock()
+        self._queued_bytes = 0
+        budgets = [t.max_size_bytes for t in (config.hot, config.cold) if t.backend == "ram"]
+        share = (
+            sum(b for b in budgets if b is not None) * DEMOTION_QUEUE_BUDGET_SHARE
+            if budgets and None not in budgets
+            else DEMOTION_QUEUE_MAX_BYTES
+        )
+        self._queue_max_bytes = int(
+            min(DEMOTION_QUEUE_MAX_BYTES, max(DEMOTION_QUEUE_MIN_BYTES, share))
+        )
         self._pending: dict[str, _Demotion] = {}
         self._writing: dict[str, _Write] = {}  # loop thread only
         self._reading: dict[str, _Read] = {}  # loop thread only
@@ -551,13 +567,19 @@ class TierCache:
 
     def _enqueue(self, entry: Entry, targets: tuple[str, ...]) -> None:
         item = _Demotion(entry, targets)
+        size = entry.size
         with self._queue_lock:
-            if len(self._queue) >= DEMOTION_QUEUE_MAX:
+            while self._queue and (
+                len(self._queue) >= DEMOTION_QUEUE_MAX
+                or self._queued_bytes + size > self._queue_max_bytes
+            ):
                 old = self._queue.popleft()
+                self._queued_bytes -= old.entry.size
                 if self._pending.get(old.entry.key) is old:
                     del self._pending[old.entry.key]
                 self._dropped += 1
             self._queue.append(item)
+            self._queued_bytes += size
             self._pending[entry.key] = item
         if not self._wake_sent:
             self._wake_sent = True
@@ -587,8 +609,57 @@ class TierCache:
                 with self._queue_lock:
                     if not self._queue:
                         return
-                    item = self._queue.popleft()
-                await self._write_move(item)
+                    batch = [
+                        self._queue.popleft() for _ in range(min(DRAIN_BATCH, len(self._queue)))
+                    ]
+                    self._queued_bytes -= sum(item.entry.size for item in batch)
+                dry = self.dry
+                if isinstance(dry, LocalTier):
+                    to_dry = [item for item in batch if item.targets == ("dry",)]
+                    if to_dry:
+                        await self._write_dry_batch(dry, to_dry)
+                    batch = [item for item in batch if item.targets != ("dry",)]
+                for item in batch:
+                    await self._write_move(item)
+
+    async def _write_dry_batch(self, dry: LocalTier, items: list[_Demotion]) -> None:
+        """`_write_move` for many moves bound for the local dry tier only, in one thread hop."""
+        live: list[tuple[_Demotion, _Write]] = []
+        for item in items:
+            key = item.entry.key
+            write = self._writing[key] = _Write()
+            if self._pending.get(key) is item:
+                live.append((item, write))
+            else:  # deleted, replaced or promoted meanwhile (or an older copy in this batch)
+                del self._writing[key]
+                write.done.set()
+        if not live:
+            return
+        try:
+            results = await self._guard("dry", dry.set_many([item.entry for item, _ in live]), None)
+            self._dry_dirty = True
+            for index, (item, write) in enumerate(live):
+                key = item.entry.key
+                failure = results[index] if results is not None else None
+                if failure is not None:
+                    self._count_error("dry", failure)
+                written = results is not None and failure is None
+                if self._pending.get(key) is item:
+                    del self._pending[key]
+                if write.deleted:
+                    if written:
+                        await self._guard("dry", dry.delete(key), False)
+                    self._buffer.delete([key])
+                elif written:
+                    self._buffer.set(item.entry, "dry")
+        finally:
+            for item, write in live:
+                key = item.entry.key
+                if self._pending.get(key) is item:
+                    del self._pending[key]
+                if self._writing.get(key) is write:
+                    del self._writing[key]
+                write.done.set()
 
     async def _write_move(self, item: _Demotion) -> None:
         key = item.entry.key
@@ -690,6 +761,9 @@ class TierCache:
                     del self._pending[key]
                 elif kept != item.targets:
                     item.targets = kept
+        # Moves already being written land before the flush, not after it.
+        for write in list(self._writing.values()):
+            await write.done.wait()
         for name in names:
             tier = self._tier(name)
             if isinstance(tier, RamTier):
