@@ -391,7 +391,11 @@ class HttpCache:
 
     # ---- helpers --------------------------------------------------------------------------
     def _tags(self, exchange: Exchange, headers: Headers) -> Tags:
-        return (*exchange.route_tags, *surrogate_tags(headers), (URL_TAG, exchange.url))
+        url = exchange.url
+        # A GET's primary key is its URL: the tag shares the key's string, not a second copy.
+        if url == exchange.key:
+            url = exchange.key
+        return (*exchange.route_tags, *surrogate_tags(headers), (URL_TAG, url))
 
     def _debug_key(self, exchange: Exchange) -> str | None:
         return exchange.key if self.http.debug_key and exchange.key else None

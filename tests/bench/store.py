@@ -86,8 +86,9 @@ def _fill_ram(cache: Any, n: int, body_size: int) -> tuple[int, int]:
             status=200, headers=headers, body=body, request_time=now, response_time=now,
             freshness_lifetime=3600.0,
         )  # fmt: skip
-        tags = (("url", url),)
-        key = f"http://bench.local/item/{i}"  # the engine builds key and url tag apart
+        key = f"http://bench.local/item/{i}"  # the engine builds key and url apart
+        # ...and, like engine._tags, tags a GET with the key's own string when they are equal.
+        tags = (("url", key if url == key else url),)
         ram.put(cache.make_entry(key, stored, tags, cache.residency_for(tags)))
     return header_chars, ram.size_bytes
 

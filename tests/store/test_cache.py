@@ -601,3 +601,24 @@ async def test_hot_hits_reach_tracking_counted_per_key(cache: TierCache) -> None
     await cache._call(cache._flush_tracking())
     rows = {key: await cache.tracking.get(key) for key in ("a", "b")}
     assert {key: row.hits for key, row in rows.items() if row is not None} == {"a": 7, "b": 1}
+
+
+# ---- RAM bytes per entry -------------------------------------------------------------------
+def test_entries_share_repeated_headers_and_their_residency(tmp_path: Path) -> None:
+    from tiercache_mw.store.entry import StoredResponse
+
+    cache = TierCache(config(tmp_path))
+
+    def response(etag: bytes) -> StoredResponse:
+        headers = [(b"content-type", b"application/json"), (b"etag", etag)]
+        return StoredResponse(200, headers, b"{}", 0.0, 0.0)
+
+    one = cache.make_entry("a", response(b'"1"'), (), cache.residency_for(()))
+    two = cache.make_entry("b", response(b'"2"'), (), cache.residency_for(()))
+    assert one.value.headers[0] is two.value.headers[0]
+    assert one.value.headers[1] is not two.value.headers[1]
+    assert one.residency is two.residency
+    assert one.value.extra == {}
+    assert one.value.extra is two.value.extra
+    # A pair kept in the intern table costs a list slot, not its characters again.
+    assert one.size == 2 + 8 + 8 + ENTRY_OVERHEAD_BYTES

@@ -34,7 +34,14 @@ from tiercache_mw.config import Config
 from tiercache_mw.http.key import normalise_url
 from tiercache_mw.store.backends import make_tier, make_tracking
 from tiercache_mw.store.base import Tier, TierStats
-from tiercache_mw.store.entry import ENTRY_OVERHEAD_BYTES, Entry, Residency, StoredResponse, Tags
+from tiercache_mw.store.entry import (
+    ENTRY_OVERHEAD_BYTES,
+    Entry,
+    Residency,
+    StoredResponse,
+    Tags,
+    intern_headers,
+)
 from tiercache_mw.store.local import LocalTier
 from tiercache_mw.store.loop import LoopThread, OnLoopThreadError
 from tiercache_mw.store.ram import RamTier
@@ -49,15 +56,16 @@ TagsArg = Mapping[str, str] | Tags | None
 TIERS = ("hot", "cold", "dry")
 DEMOTION_QUEUE_MAX = 10_000
 # The queue also holds at most this share of the RAM budgets in accounted bytes (within
-# [1 MiB, 256 MiB]): entries waiting there are outside both budgets.
+# [4 MiB, 256 MiB]): entries waiting there are outside both budgets.
 DEMOTION_QUEUE_BUDGET_SHARE = 0.25
-DEMOTION_QUEUE_MIN_BYTES = 1 << 20
+DEMOTION_QUEUE_MIN_BYTES = 4 << 20
 DEMOTION_QUEUE_MAX_BYTES = 256 << 20
 DRAIN_BATCH = 64  # moves to the local dry tier written per worker-thread hop
 BACKEND_TIMEOUT = 10.0  # a stuck backend call becomes a miss after this long
 ERROR_LOG_INTERVAL = 30.0  # at most one log line per tier per interval
 SWEEP_INTERVAL = 1.0  # how often residency is checked and shared dry tiers are trimmed
 HOUR = 3600.0
+RESIDENCY_MEMO_MAX = 1024  # distinct per-call ttls that share a Residency
 _URL_TAG = "url"  # the tag tiercache_mw.engine puts on every HTTP entry
 
 
@@ -164,6 +172,12 @@ class TierCache:
         from tiercache_mw.rules import TtlRules
 
         self._ttl_rules = TtlRules.from_config(config)
+        self._default_residency = Residency(
+            config.hot.ttl_seconds, config.cold.ttl_seconds, config.dry.ttl_seconds
+        )
+        # id(rule) -> (rule, its Residency); the rule is kept so an id is never reused.
+        self._residency_by_rule: dict[int, tuple[Any, Residency]] = {}
+        self._residency_by_ttl: dict[float, Residency] = {}
         self._buffer = _TrackingBuffer()
         self._queue: collections.deque[_Demotion] = collections.deque()
         self._queue_lock = threading.Lock()
@@ -387,23 +401,40 @@ class TierCache:
 
     # ---- entry-level API for the HTTP engine --------------------------------------------
     def residency_for(self, tags: Tags, *, ttl_seconds: float | None = None) -> Residency:
-        """Per-call ttl > tag rule > tier default > global default, per tier."""
+        """Per-call ttl > tag rule > tier default > global default, per tier. Residency is
+        frozen, so entries under one rule share one object (56 B each otherwise)."""
         if ttl_seconds is not None:
-            return Residency(ttl_seconds, ttl_seconds, ttl_seconds)
-        config = self.config
+            found = self._residency_by_ttl.get(ttl_seconds)
+            if found is None:
+                found = Residency(ttl_seconds, ttl_seconds, ttl_seconds)
+                if len(self._residency_by_ttl) < RESIDENCY_MEMO_MAX:
+                    self._residency_by_ttl[ttl_seconds] = found
+            return found
         rule = self._ttl_rules.for_tags(tags)
         if rule is None:
-            return Residency(
-                config.hot.ttl_seconds, config.cold.ttl_seconds, config.dry.ttl_seconds
+            return self._default_residency
+        memo = self._residency_by_rule.get(id(rule))
+        if memo is None or memo[0] is not rule:
+            config = self.config
+            memo = self._residency_by_rule[id(rule)] = (
+                rule,
+                Residency(
+                    config.hot.ttl_seconds
+                    if rule.hot_ttl_seconds is None
+                    else rule.hot_ttl_seconds,
+                    config.cold.ttl_seconds
+                    if rule.cold_ttl_seconds is None
+                    else rule.cold_ttl_seconds,
+                    config.dry.ttl_seconds
+                    if rule.dry_ttl_seconds is None
+                    else rule.dry_ttl_seconds,
+                ),
             )
-        return Residency(
-            rule.hot_ttl_seconds if rule.hot_ttl_seconds is not None else config.hot.ttl_seconds,
-            rule.cold_ttl_seconds if rule.cold_ttl_seconds is not None else config.cold.ttl_seconds,
-            rule.dry_ttl_seconds if rule.dry_ttl_seconds is not None else config.dry.ttl_seconds,
-        )
+        return memo[1]
 
     def make_entry(self, key: str, value: Any, tags: Tags, residency: Residency) -> Entry:
         if isinstance(value, StoredResponse):
+            value.headers = intern_headers(value.headers)
             payload = value.payload_bytes
         elif isinstance(value, bytes | bytearray | memoryview):
             value = bytes(value)

@@ -10,7 +10,7 @@ from typing import Any
 
 import msgpack
 
-from tiercache_mw.store.entry import Entry, Residency, StoredResponse
+from tiercache_mw.store.entry import NO_EXTRA, Entry, Residency, StoredResponse, intern_headers
 
 __all__ = ["CodecError", "decode_entry", "encode_entry"]
 
@@ -40,7 +40,7 @@ def _response_to_wire(response: StoredResponse) -> list[Any]:
         response.etag,
         response.last_modified,
         list(response.vary),
-        response.extra,
+        dict(response.extra),
     ]
 
 
@@ -49,7 +49,7 @@ def _response_from_wire(wire: list[Any]) -> StoredResponse:
      requires_validation, must_revalidate, etag, last_modified, vary, extra) = wire  # fmt: skip
     return StoredResponse(
         status=int(status),
-        headers=[(bytes(name), bytes(value)) for name, value in headers],
+        headers=intern_headers([(bytes(name), bytes(value)) for name, value in headers]),
         body=bytes(body),
         request_time=float(request_time),
         response_time=float(response_time),
@@ -62,7 +62,7 @@ def _response_from_wire(wire: list[Any]) -> StoredResponse:
         etag=etag,
         last_modified=last_modified,
         vary=tuple(vary),
-        extra=dict(extra),
+        extra=dict(extra) if extra else NO_EXTRA,
     )
 
 
