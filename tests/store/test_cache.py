@@ -622,3 +622,37 @@ def test_entries_share_repeated_headers_and_their_residency(tmp_path: Path) -> N
     assert one.value.extra is two.value.extra
     # A pair kept in the intern table costs a list slot, not its characters again.
     assert one.size == 2 + 8 + 8 + ENTRY_OVERHEAD_BYTES
+
+
+async def test_a_put_during_a_slow_lookup_is_not_overwritten_by_the_older_copy(
+    tmp_path: Path,
+) -> None:
+    cache = TierCache(config(tmp_path))
+    try:
+        await cache.start()
+        dry = cache.dry
+        assert isinstance(dry, LocalTier)
+        await dry.set(cache.make_entry("k", b"old", (), cache.residency_for(())))
+        gate = threading.Event()
+        reading = threading.Event()
+        real_read = dry._read
+
+        def slow_read(key: str) -> Entry | None:
+            reading.set()
+            gate.wait(10)
+            return real_read(key)
+
+        dry._read = slow_read  # type: ignore[method-assign]
+        lookup = asyncio.ensure_future(cache.lookup("k"))
+        await asyncio.to_thread(reading.wait, 10)
+        cache.put(cache.make_entry("k", b"new", (), cache.residency_for(())))
+        gate.set()
+        found = await lookup
+        assert found is not None
+        assert found[0].value == b"old"  # what that lookup read, as it began before the put
+        hot = cache.get_hot("k")
+        assert hot is not None
+        assert hot.value == b"new"
+    finally:
+        gate.set()
+        await cache.close()

@@ -571,7 +571,9 @@ class TierCache:
         self._promotions += 1
         hot = self._hot_ram
         if hot is not None:
-            hot.put(entry)  # its own residency and tags; last use restarts now
+            # Never over a copy already in hot: a put() from another thread may have stored
+            # a newer one while this lookup was reading the older copy below.
+            hot.put(entry, replace=False)  # its own residency and tags; last use restarts
         else:
             self._enqueue(entry, ("hot",))
         self._buffer.set(entry, "hot")

@@ -109,16 +109,21 @@ class RamTier:
         return self.default_ttl
 
     # ---- mutations (under the lock) ---------------------------------------------------------
-    def put(self, entry: Entry) -> None:
+    def put(self, entry: Entry, *, replace: bool = True) -> bool:
         """Insert or replace; entries pushed out go to `on_evict`. An entry larger than the
-        whole budget is not kept here: it goes straight to `on_evict`."""
-        entry.last_used = self.clock()
-        entry.visited = False
+        whole budget is not kept here: it goes straight to `on_evict`. With replace=False
+        (a promotion) an entry already here within its residency is kept, and False is
+        returned: a put of a newer copy may have landed while the older one was read below."""
+        now = self.clock()
         evicted: list[Entry] = []
         with self._lock:
             old = self._index.get(entry.key)
             if old is not None:
+                if not replace and not self._expired(old, now):
+                    return False
                 self._unlink(old)
+            entry.last_used = now
+            entry.visited = False
             if self.max_bytes is not None and entry.size > self.max_bytes:
                 evicted.append(entry)
             else:
@@ -128,6 +133,7 @@ class RamTier:
                         evicted.append(self._evict_one())
                 self._link(_Node(entry, self.ttl_for(entry)))
         self._hand_over(evicted)
+        return True
 
     def take(self, key: str) -> Entry | None:
         """Remove and return the entry whatever its residency (for a move or a delete)."""
