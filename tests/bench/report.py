@@ -155,8 +155,14 @@ def targets(run: Run) -> list[Target]:
                 f"hot-hit p99 while dry absorbs {dry.target_rate:,.0f} demotions/s",
                 "within 1.2x of a quiet run",
                 f"{ratio:.2f}x ({dry.busy_p99_us:.1f} µs vs {dry.quiet_p99_us:.1f} µs)",
-                ratio <= 1.2,
-                rate_note if ratio <= 1.2 else f"missed by {ratio / 1.2:.2f}x; {rate_note}",
+                # "absorbs" means every demotion reaches dry, not only a quiet p99.
+                ratio <= 1.2 and dry.dropped == 0,
+                rate_note
+                if ratio <= 1.2 and dry.dropped == 0
+                else (
+                    f"p99 {'met' if ratio <= 1.2 else f'missed by {ratio / 1.2:.2f}x'}, "
+                    f"absorption {'met' if dry.dropped == 0 else 'missed'}; {rate_note}"
+                ),
             )
         )
     budget = run.budget
