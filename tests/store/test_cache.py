@@ -231,8 +231,12 @@ async def test_delete_racing_a_demotion_does_not_resurrect(tmp_path: Path) -> No
         await cache.set("push1", b"p" * 10)  # queued: hot -> cold
         await cache.set("push2", b"p" * 10)  # queued: cold -> dry, the write now waits
         await asyncio.to_thread(writing.wait, 10)
-        assert await cache.delete("queued") is True
+        # The delete waits for the write under way and then undoes it, so the gate opens
+        # while the delete is pending, as a real write would finish by itself.
+        deleting = asyncio.ensure_future(cache.delete("queued"))
+        await asyncio.sleep(0.05)
         gate.set()
+        assert await deleting is True
         await settle(cache)
         assert await cache.get("queued", MISSING) is MISSING
         assert not cache.dry.path_for("queued").exists()
