@@ -33,16 +33,14 @@ __all__ = ["CacheMiddleware"]
 logger = logging.getLogger("tiercache_mw")
 
 
-def _raw_path(scope: Scope) -> str:
-    raw_path = scope.get("raw_path")
-    path: str = raw_path.decode("latin-1") if raw_path else scope["path"]
-    return path.partition("?")[0]
+def _raw_path(raw_path: bytes | None, path: str) -> str:
+    target = raw_path.decode("latin-1") if raw_path else path
+    return target.partition("?")[0]
 
 
-def _host(scope: Scope, host: bytes | None) -> str:
+def _host(host: bytes | None, server: tuple[str, int | None] | None) -> str:
     if host is not None:
         return host.decode("latin-1")
-    server = scope.get("server")
     if server:
         return f"{server[0]}:{server[1]}" if server[1] is not None else str(server[0])
     return ""
@@ -58,9 +56,9 @@ def request_view(scope: Scope) -> RequestView:
     return RequestView(
         method=scope["method"],
         scheme=scope.get("scheme", "http"),
-        host=_host(scope, host),
+        host=_host(host, _server(scope)),
         path=scope["path"],
-        raw_path=_raw_path(scope),
+        raw_path=_raw_path(scope.get("raw_path"), scope["path"]),
         query=scope.get("query_string", b"").decode("latin-1"),
         headers=headers,
     )
@@ -101,9 +99,8 @@ def _scope_key(
     query: bytes,
 ) -> str:
     # Memoised on the raw request line: a repeated request skips every decode and join.
-    scope = {"server": server, "raw_path": raw_path, "path": path}
     return primary_key(
-        method, scheme, _host(scope, host), _raw_path(scope), query.decode("latin-1")
+        method, scheme, _host(host, server), _raw_path(raw_path, path), query.decode("latin-1")
     )
 
 

@@ -10,6 +10,7 @@ same answer (tests/test_hot.py holds the two paths to that).
 from __future__ import annotations
 
 from tiercache_mw.engine import HttpCache, Reply
+from tiercache_mw.http.cache_status import cache_status
 from tiercache_mw.store.entry import HitMemo, StoredResponse
 
 __all__ = ["REQUEST_FIELDS_NEEDING_THE_FULL_PATH", "HotPath", "NativeReply"]
@@ -39,12 +40,11 @@ _EMPTY = b""
 class HotPath:
     """Serves fresh hot entries for one middleware (its cache name, its clock)."""
 
-    __slots__ = ("_engine", "_get_hot", "_hit_prefix", "enabled")
+    __slots__ = ("_engine", "_get_hot", "enabled")
 
     def __init__(self, engine: HttpCache) -> None:
         self._engine = engine
         self._get_hot = engine.cache.get_hot
-        self._hit_prefix = f"{engine.name}; hit; ttl=".encode("latin-1")
         # Cache-Status key= needs the full path's Exchange; debugging is not the hot path.
         self.enabled = not engine.http.debug_key
 
@@ -88,7 +88,7 @@ class HotPath:
         memo = stored.hit_memo
         if memo is None or memo[0] != whole_age or memo[1] != whole_ttl or memo[2] is not self:
             age_value = str(whole_age).encode()
-            status_value = self._hit_prefix + str(whole_ttl).encode() + b"; detail=hot"
+            status_value = cache_status(self._engine.name, hit=True, ttl=whole_ttl, detail="hot")
             # Many hits land in the same second: they share these fields. Tuples are
             # immutable, so sharing them between responses is safe.
             memo = stored.hit_memo = (
