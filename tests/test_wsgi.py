@@ -212,3 +212,41 @@ def test_concurrent_misses_collapse_into_one_app_call(tmp_path: Path) -> None:
         assert sum("collapsed" in status for status in statuses) == 9
     finally:
         middleware.close()
+
+
+def test_a_response_not_stored_streams_each_chunk_at_once(tmp_path: Path) -> None:
+    """Only a response being stored holds a chunk back; a no-store stream (say, events)
+    reaches the client chunk by chunk."""
+    delivered = threading.Event()
+    waited: list[bool] = []
+
+    def events(environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
+        start_response("200 OK", [("Cache-Control", "no-store")])
+        yield b"first"
+        waited.append(delivered.wait(2))  # the client must have the first chunk by now
+        yield b"second"
+
+    middleware = WSGICacheMiddleware(events, cache=TierCache.from_dict(cache_config(tmp_path)))
+    environ = {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": "/events",
+        "SERVER_NAME": "testserver",
+        "SERVER_PORT": "80",
+        "wsgi.url_scheme": "http",
+    }
+    try:
+
+        def start_response(
+            status: str, headers: list[tuple[str, str]], exc_info: Any = None
+        ) -> Callable[[bytes], object]:
+            return lambda data: None
+
+        body = middleware(environ, start_response)
+        chunks = []
+        for chunk in body:
+            chunks.append(chunk)
+            delivered.set()
+        assert chunks == [b"first", b"second"]
+        assert waited == [True]
+    finally:
+        middleware.close()

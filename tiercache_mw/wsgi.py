@@ -304,8 +304,9 @@ class _Forward:
                 yield decision.reply.body
                 return
             storing = decision.plan is ResponsePlan.STORE
-            # One chunk is held back so that the entry is stored before the last chunk goes
-            # out: a client's next request then finds it.
+            # While storing, one chunk is held back so that the entry is stored before the
+            # last chunk goes out and a client's next request finds it; a response that is
+            # not stored streams with no delay.
             held: bytes | None = None
             for chunk in _chain(first, iterator):
                 if storing:
@@ -317,7 +318,11 @@ class _Forward:
                         parts.append(chunk)
                 if held is not None:
                     yield held
-                held = chunk
+                    held = None
+                if storing:
+                    held = chunk
+                else:
+                    yield chunk
             if storing:
                 for entry in engine.finish(self.exchange, decision, b"".join(parts)):
                     middleware.cache.put(entry)
