@@ -344,6 +344,25 @@ async def test_purge_by_tag_and_url_sees_unflushed_tracking(tmp_path: Path) -> N
         await cache.close()
 
 
+async def test_purge_by_url_removes_every_vary_variant_from_every_tier(tmp_path: Path) -> None:
+    # The url tag is not stored when the key says it: purge must still find every variant.
+    cache = TierCache(config(tmp_path, hot=entry_size(20) * 2, cold=entry_size(20) * 2))
+    url = "http://x/v?a=1"
+    keys = [url, *(f"{url}\nvary\naccept: {n}" for n in range(5))]
+    try:
+        for key in keys:
+            await cache.set(key, b"v" * 20, tags=(("type", "t"), ("url", url)))
+        await cache.set("http://x/v?a=2", b"v" * 20, tags={"url": "http://x/v?a=2"})
+        stats = await settle(cache)
+        assert stats["dry_entries"] >= 2, "some variants were demoted to dry"
+        assert await cache.purge(url="http://x/v?a=1") == len(keys)
+        for key in keys:
+            assert await cache.get(key, MISSING) is MISSING
+        assert await cache.get("http://x/v?a=2") == b"v" * 20
+    finally:
+        await cache.close()
+
+
 async def test_close_persists_ram_and_a_new_cache_serves_from_dry(tmp_path: Path) -> None:
     first = TierCache(config(tmp_path, hot=entry_size(50) * 3))
     for n in range(6):

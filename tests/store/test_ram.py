@@ -121,6 +121,25 @@ def test_residency_counts_from_last_use_and_sweep_moves_expired_down() -> None:
     assert tier.get_now("forever") is not None
 
 
+def test_an_entry_moves_between_tiers_and_leaves_no_links_behind() -> None:
+    hot, cold = ram(None), ram(None)
+    entries = [sized(key, 100) for key in "abc"]
+    for entry in entries:
+        hot.put(entry)
+    moved = hot.take("b")
+    assert moved is entries[1]
+    cold.put(moved)  # the queue links live on the entry: it is in one tier at a time
+    assert [e.key for e in hot.entries()] == ["a", "c"]
+    assert cold.get_now("b") is moved
+    hot.put(sized("d", 100))  # the hand walks a, c, d: b is not in its way
+    drained = hot.drain()
+    assert {e.key for e in drained} == {"a", "c", "d"}
+    # Cleared entries hold no reference to each other (nor keep each other alive).
+    assert all(e.newer is None and e.older is None for e in drained)
+    assert cold.size_bytes == 100
+    assert hot.size_bytes == 0
+
+
 def test_unknown_eviction_policy_is_refused() -> None:
     with pytest.raises(ValueError, match="eviction"):
         RamTier("hot", TierConfig("ram", None, None, eviction="fifo"))

@@ -36,6 +36,7 @@ from tiercache_mw.store.backends import make_tier, make_tracking
 from tiercache_mw.store.base import Tier, TierStats
 from tiercache_mw.store.entry import (
     ENTRY_OVERHEAD_BYTES,
+    URL_TAG,
     Entry,
     Residency,
     StoredResponse,
@@ -66,7 +67,6 @@ ERROR_LOG_INTERVAL = 30.0  # at most one log line per tier per interval
 SWEEP_INTERVAL = 1.0  # how often residency is checked and shared dry tiers are trimmed
 HOUR = 3600.0
 RESIDENCY_MEMO_MAX = 1024  # distinct per-call ttls that share a Residency
-_URL_TAG = "url"  # the tag tiercache_mw.engine puts on every HTTP entry
 
 
 class _Demotion:
@@ -361,7 +361,7 @@ class TierCache:
             selectors.append(_tags(tags))
         if url is not None:
             # Any spelling of the URL finds the entries: ?b=2&a=1 is stored as ?a=1&b=2.
-            selectors.append(((_URL_TAG, normalise_url(url)),))
+            selectors.append(((URL_TAG, normalise_url(url)),))
         return await self._call(self._purge(selectors, list(keys or ())))
 
     def get_sync(self, key: str, default: Any = None) -> Any:
@@ -433,29 +433,19 @@ class TierCache:
         return memo[1]
 
     def make_entry(self, key: str, value: Any, tags: Tags, residency: Residency) -> Entry:
+        size: int | None = None  # bytes and responses: the Entry derives it from the value
         if isinstance(value, StoredResponse):
             value.headers = intern_headers(value.headers)
-            payload = value.payload_bytes
         elif isinstance(value, bytes | bytearray | memoryview):
             value = bytes(value)
-            payload = len(value)
         else:
             try:
-                payload = len(msgpack.packb(value, use_bin_type=True))
+                size = len(msgpack.packb(value, use_bin_type=True)) + ENTRY_OVERHEAD_BYTES
             except (TypeError, ValueError, OverflowError) as exc:
                 raise TypeError(
                     f"cache value for {key!r} is not bytes or msgpack-able: {exc}"
                 ) from exc
-        now = time.time()
-        return Entry(
-            key=key,
-            value=value,
-            tags=tuple(tags),
-            residency=residency,
-            size=payload + ENTRY_OVERHEAD_BYTES,
-            created_at=now,
-            last_used=time.monotonic(),
-        )
+        return Entry(key, value, tuple(tags), residency, size, last_used=time.monotonic())
 
     def get_hot(self, key: str) -> Entry | None:
         """Hot RAM only: no I/O, no await, safe from any thread. Counts a hot hit."""

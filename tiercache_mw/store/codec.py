@@ -85,7 +85,7 @@ def encode_entry(entry: Entry, *, last_used: float) -> bytes:
         [list(pair) for pair in entry.tags],
         [residency.hot, residency.cold, residency.dry],
         entry.size,
-        entry.created_at,
+        last_used,  # where created_at was: no reader kept it, so neither does Entry
         last_used,
     ]
     try:
@@ -101,7 +101,7 @@ def decode_entry(data: bytes) -> Entry:
     """Decode bytes from `encode_entry`; anything else raises CodecError."""
     try:
         wire = msgpack.unpackb(data, raw=False, strict_map_key=False)
-        version, key, kind, payload, tags, residency, size, created_at, last_used = wire
+        version, key, kind, payload, tags, residency, size, _created_at, last_used = wire
         if version != FORMAT_VERSION:
             raise CodecError(f"entry format {version!r}, expected {FORMAT_VERSION}")
         if kind == _KIND_RESPONSE:
@@ -118,8 +118,8 @@ def decode_entry(data: bytes) -> Entry:
             value=value,
             tags=tuple((str(name), str(tag)) for name, tag in tags),
             residency=Residency(hot, cold, dry),
-            size=int(size),
-            created_at=float(created_at),
+            # Bytes and responses are sized afresh: the stored size is the writer's estimate.
+            size=None if kind != _KIND_VALUE else int(size),
             last_used=float(last_used),
         )
     except CodecError:

@@ -15,6 +15,7 @@ from typing import Any
 __all__ = [
     "ENTRY_OVERHEAD_BYTES",
     "NO_EXTRA",
+    "URL_TAG",
     "Entry",
     "HitMemo",
     "Residency",
@@ -22,25 +23,29 @@ __all__ = [
     "Tags",
     "header_bytes",
     "intern_headers",
+    "key_url",
 ]
 
 # Tags are (name, value) pairs; a name may repeat (several surrogate keys), so not a dict.
 Tags = tuple[tuple[str, str], ...]
+URL_TAG = "url"  # the tag tiercache_mw.engine puts on every HTTP entry
 
-# What one RAM entry costs beyond its payload bytes: the Entry, StoredResponse and header
-# list objects, the key string, the url tag, the body's object header and the tier's index
-# slot and queue node. Measured with tracemalloc on CPython 3.11 (tests/bench memory: 822 B
-# traced for a 64-byte body, three shared headers and a 27-character URL key); budgets count
-# it so that `max_size_gb` holds for real memory, not just payload.
-ENTRY_OVERHEAD_BYTES = 730
+# What one RAM entry costs beyond its payload bytes: the Entry (which carries the SIEVE links
+# and the tier's residency), StoredResponse and header list objects, the key string, the
+# body's object header, last use as a float and the tier's index slot. Measured with
+# tracemalloc on CPython 3.11 (tests/bench memory: 614 B traced for a 64-byte body, three
+# shared headers and a 27-character URL key); budgets count it so that `max_size_gb` holds
+# for real memory, not just payload.
+ENTRY_OVERHEAD_BYTES = 526
 # Each stored header costs a 2-tuple and two bytes objects beyond its characters, or only
 # a list slot when its (name, value) pair is shared (see `intern_headers`).
 HEADER_OVERHEAD_BYTES = 130
 SHARED_HEADER_BYTES = 8
 
 
-# (age, ttl, owner, fields as bytes, fields as str) of the last hot hit on a response.
-HitMemo = tuple[int, int, object, tuple[tuple[bytes, bytes], ...], tuple[tuple[str, str], ...]]
+# (valid from, valid until, owner, fields as bytes, fields as str) of the last hot hit on a
+# response: the Age and Cache-Status fields stay right for clock readings within the window.
+HitMemo = tuple[float, float, object, list[tuple[bytes, bytes]], list[tuple[str, str]]]
 
 
 # Shared by every response without extras: a dict per entry cost 64 B. Read-only, so no
@@ -126,18 +131,107 @@ class StoredResponse:
         return len(self.body) + sum(map(header_bytes, self.headers))
 
 
-@dataclass(slots=True, eq=False)
-class Entry:
-    """One cached value. `value` is bytes, a msgpack-able object, None, or a StoredResponse."""
+class _KeyUrlTags(tuple):  # type: ignore[type-arg]
+    """Tags stored without their last pair, ("url", the key's URL): `Entry.tags` adds it back.
 
-    key: str
-    value: Any
-    tags: Tags
-    residency: Residency
-    size: int  # bytes it is accounted for in a RAM budget (payload + ENTRY_OVERHEAD_BYTES)
-    created_at: float  # time.time() when first stored
-    last_used: float  # time.monotonic() in RAM tiers; time.time() once encoded
-    visited: bool = False  # SIEVE's bit: set on hit, cleared when the hand passes
-    # Hits since the last tracking flush, counted here so a hit writes no shared dict; the
-    # TierCache notes the entry on its first hit and the flush harvests and resets it.
-    hits: int = 0
+    A GET's primary key is its normalised URL and a Vary variant's key starts with it, so
+    the url tag the engine puts on every HTTP entry repeats what the key says (104 B)."""
+
+    __slots__ = ()
+
+
+_ONLY_KEY_URL = _KeyUrlTags()  # the common case, shared: a plain GET with no other tags
+
+
+def key_url(key: str) -> str:
+    """The URL a cache key names: the key itself, or a Vary variant's primary part."""
+    return key.partition("\n")[0]
+
+
+def _compact_tags(key: str, tags: Tags) -> Tags:
+    if not tags:
+        return ()
+    name, value = tags[-1]
+    if name != URL_TAG or value != key_url(key):
+        return tags
+    return _KeyUrlTags(tags[:-1]) if len(tags) > 1 else _ONLY_KEY_URL
+
+
+def _derived_size(value: Any) -> int | None:
+    """What an entry holding `value` is accounted for, when the value alone says it."""
+    if isinstance(value, StoredResponse):
+        return value.payload_bytes + ENTRY_OVERHEAD_BYTES
+    if isinstance(value, bytes):
+        return len(value) + ENTRY_OVERHEAD_BYTES
+    return None
+
+
+class Entry:
+    """One cached value. `value` is bytes, a msgpack-able object, None, or a StoredResponse.
+
+    A plain slotted class, not a dataclass: it holds a million times over, so what can be
+    derived (the url tag, the size of bytes and responses) is not stored, and the RAM tier's
+    SIEVE queue links live here instead of in a node object of their own.
+    """
+
+    __slots__ = ("_size", "_tags", "hits", "key", "last_used", "newer", "older", "residency",
+                 "ttl", "value", "visited")  # fmt: skip
+
+    def __init__(
+        self,
+        key: str,
+        value: Any,
+        tags: Tags,
+        residency: Residency,
+        size: int | None = None,
+        created_at: float | None = None,
+        last_used: float = 0.0,
+    ) -> None:
+        """`size` is what a RAM budget counts (payload + ENTRY_OVERHEAD_BYTES); None derives
+        it from bytes and StoredResponse values. `created_at` is accepted from callers of the
+        old signature and not kept: nothing read it, and a float per entry costs 32 B."""
+        del created_at
+        self.key = key
+        self.value = value
+        self._tags = _compact_tags(key, tags)
+        self.residency = residency
+        if size is None:
+            if not isinstance(value, StoredResponse | bytes):
+                raise ValueError(f"entry {key!r}: a {type(value).__name__} value needs a size")
+        elif size == _derived_size(value):
+            size = None  # an int object per entry (32 B) saved
+        self._size = size
+        self.last_used = last_used  # time.monotonic() in RAM tiers; time.time() once encoded
+        self.visited = False  # SIEVE's bit: set on hit, cleared when the hand passes
+        # Hits since the last tracking flush, counted here so a hit writes no shared dict;
+        # the TierCache notes the entry on its first hit and the flush harvests and resets it.
+        self.hits = 0
+        # Owned by the one RamTier holding the entry: its residency there and SIEVE links.
+        self.ttl: float | None = None
+        self.newer: Entry | None = None
+        self.older: Entry | None = None
+
+    @property
+    def tags(self) -> Tags:
+        tags = self._tags
+        if type(tags) is _KeyUrlTags:
+            return (*tags, (URL_TAG, key_url(self.key)))
+        return tags
+
+    @property
+    def size(self) -> int:
+        """Bytes the entry is accounted for in a RAM budget; stable for the entry's life
+        (a stored response is not changed once it is in an entry)."""
+        size = self._size
+        if size is None:
+            derived = _derived_size(self.value)
+            assert derived is not None
+            return derived
+        return size
+
+    @size.setter
+    def size(self, size: int) -> None:
+        self._size = size
+
+    def __repr__(self) -> str:
+        return f"Entry(key={self.key!r}, value={self.value!r}, tags={self.tags!r})"

@@ -28,18 +28,6 @@ __all__ = ["RamTier"]
 EVICTION_POLICIES = ("sieve", "lru")
 
 
-class _Node:
-    """One queue slot; SIEVE's queue is a doubly linked list so the hand can stay in place."""
-
-    __slots__ = ("entry", "newer", "older", "ttl")
-
-    def __init__(self, entry: Entry, ttl: float | None) -> None:
-        self.entry = entry
-        self.ttl = ttl
-        self.newer: _Node | None = None
-        self.older: _Node | None = None
-
-
 class RamTier:
     """A RAM tier; `get_now` is the lock-free hit path the TierCache uses directly."""
 
@@ -63,23 +51,24 @@ class RamTier:
         self.clock = clock
         self.lru = tier.eviction == "lru"
         # LRU needs move_to_end on a hit; OrderedDict does that in C under the GIL.
-        self._index: dict[str, _Node] = OrderedDict() if self.lru else {}
+        self._index: dict[str, Entry] = OrderedDict() if self.lru else {}
         self._lock = threading.Lock()
         self._size = 0
-        # SIEVE queue: newest at the head, the hand walks from the tail towards the head.
-        self._head: _Node | None = None
-        self._tail: _Node | None = None
-        self._hand: _Node | None = None
+        # SIEVE queue, a doubly linked list through the entries' own `newer`/`older` slots
+        # (an entry is in one RamTier at a time): newest at the head, the hand walks from
+        # the tail towards the head.
+        self._head: Entry | None = None
+        self._tail: Entry | None = None
+        self._hand: Entry | None = None
 
     # ---- the lock-free read path ---------------------------------------------------------
     def get_now(self, key: str) -> Entry | None:
         """The entry if present and within its residency; marks it used. No lock, no I/O."""
-        node = self._index.get(key)
-        if node is None:
+        entry = self._index.get(key)
+        if entry is None:
             return None
-        entry = node.entry
         now = self.clock()
-        ttl = node.ttl
+        ttl = entry.ttl
         if ttl is not None and now - entry.last_used > ttl:
             return None  # past residency: the sweeper (or the TierCache) moves it down
         entry.last_used = now
@@ -131,53 +120,54 @@ class RamTier:
                 if self.max_bytes is not None:
                     while self._size + entry.size > self.max_bytes and self._index:
                         evicted.append(self._evict_one())
-                self._link(_Node(entry, self.ttl_for(entry)))
+                entry.ttl = self.ttl_for(entry)
+                self._link(entry)
         self._hand_over(evicted)
         return True
 
     def take(self, key: str) -> Entry | None:
         """Remove and return the entry whatever its residency (for a move or a delete)."""
         with self._lock:
-            node = self._index.get(key)
-            if node is None:
+            entry = self._index.get(key)
+            if entry is None:
                 return None
-            self._unlink(node)
-            return node.entry
+            self._unlink(entry)
+            return entry
 
     def take_expired(self, key: str) -> Entry | None:
         """Remove and return the entry only if it is past its residency."""
         with self._lock:
-            node = self._index.get(key)
-            if node is None or not self._expired(node, self.clock()):
+            entry = self._index.get(key)
+            if entry is None or not self._expired(entry, self.clock()):
                 return None
-            self._unlink(node)
-            return node.entry
+            self._unlink(entry)
+            return entry
 
     def sweep(self) -> int:
         """Move every entry past its residency to `on_evict`; returns how many left."""
         now = self.clock()
         expired: list[Entry] = []
         # Checked on a snapshot, removed under the lock: a sweep never stalls hits.
-        candidates = [node for node in list(self._index.values()) if self._expired(node, now)]
+        candidates = [entry for entry in list(self._index.values()) if self._expired(entry, now)]
         if not candidates:
             return 0
         with self._lock:
-            for node in candidates:
-                if self._index.get(node.entry.key) is node and self._expired(node, now):
-                    self._unlink(node)
-                    expired.append(node.entry)
+            for entry in candidates:
+                if self._index.get(entry.key) is entry and self._expired(entry, now):
+                    self._unlink(entry)
+                    expired.append(entry)
         self._hand_over(expired)
         return len(expired)
 
     def drain(self) -> list[Entry]:
         """Remove and return every entry (for close: persisting RAM to dry)."""
         with self._lock:
-            entries = [node.entry for node in self._index.values()]
+            entries = list(self._index.values())
             self._clear()
         return entries
 
     def entries(self) -> list[Entry]:
-        return [node.entry for node in list(self._index.values())]
+        return list(self._index.values())
 
     def clear(self) -> None:
         with self._lock:
@@ -204,8 +194,8 @@ class RamTier:
 
     # ---- internals ----------------------------------------------------------------------------
     @staticmethod
-    def _expired(node: _Node, now: float) -> bool:
-        return node.ttl is not None and now - node.entry.last_used > node.ttl
+    def _expired(entry: Entry, now: float) -> bool:
+        return entry.ttl is not None and now - entry.last_used > entry.ttl
 
     def _hand_over(self, entries: list[Entry]) -> None:
         if self.on_evict is not None:
@@ -213,51 +203,55 @@ class RamTier:
                 self.on_evict(entry)
 
     def _clear(self) -> None:
+        if not self.lru:
+            # Links left in place would keep every cleared entry alive through any one of them.
+            for entry in self._index.values():
+                entry.newer = entry.older = None
         self._index.clear()
         self._size = 0
         self._head = self._tail = self._hand = None
 
-    def _link(self, node: _Node) -> None:
-        self._index[node.entry.key] = node
-        self._size += node.entry.size
+    def _link(self, entry: Entry) -> None:
+        self._index[entry.key] = entry
+        self._size += entry.size
         if self.lru:
             return
-        node.newer = None
-        node.older = self._head
+        entry.newer = None
+        entry.older = self._head
         if self._head is not None:
-            self._head.newer = node
-        self._head = node
+            self._head.newer = entry
+        self._head = entry
         if self._tail is None:
-            self._tail = node
+            self._tail = entry
 
-    def _unlink(self, node: _Node) -> None:
-        del self._index[node.entry.key]
-        self._size -= node.entry.size
+    def _unlink(self, entry: Entry) -> None:
+        del self._index[entry.key]
+        self._size -= entry.size
         if self.lru:
             return
-        if self._hand is node:
-            self._hand = node.newer
-        if node.newer is not None:
-            node.newer.older = node.older
+        if self._hand is entry:
+            self._hand = entry.newer
+        if entry.newer is not None:
+            entry.newer.older = entry.older
         else:
-            self._head = node.older
-        if node.older is not None:
-            node.older.newer = node.newer
+            self._head = entry.older
+        if entry.older is not None:
+            entry.older.newer = entry.newer
         else:
-            self._tail = node.newer
-        node.newer = node.older = None
+            self._tail = entry.newer
+        entry.newer = entry.older = None
 
     def _evict_one(self) -> Entry:
         if self.lru:
-            _, node = self._index.popitem(last=False)  # type: ignore[call-arg]
-            self._size -= node.entry.size
-            return node.entry
+            _, entry = self._index.popitem(last=False)  # type: ignore[call-arg]
+            self._size -= entry.size
+            return entry
         hand = self._hand or self._tail
         assert hand is not None
-        while hand.entry.visited:
-            hand.entry.visited = False
+        while hand.visited:
+            hand.visited = False
             hand = hand.newer or self._tail
             assert hand is not None
         self._hand = hand.newer
         self._unlink(hand)
-        return hand.entry
+        return hand

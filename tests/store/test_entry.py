@@ -1,0 +1,90 @@
+"""Entry: what it derives instead of storing (the url tag, the size) must read back exactly
+as given, through the codec too."""
+
+from __future__ import annotations
+
+import pytest
+
+from tiercache_mw.store.codec import decode_entry, encode_entry
+from tiercache_mw.store.entry import (
+    ENTRY_OVERHEAD_BYTES,
+    Entry,
+    Residency,
+    StoredResponse,
+    Tags,
+    intern_headers,
+)
+
+RESIDENCY = Residency(None, None, None)
+URL = "http://x/a?b=1"
+VARIANT = f"{URL}\nvary\naccept-encoding: gzip"
+
+
+@pytest.mark.parametrize(
+    ("key", "tags"),
+    [
+        (URL, (("url", URL),)),
+        (VARIANT, (("url", URL),)),
+        (URL, (("type", "page"), ("surrogate", "s1"), ("url", URL))),
+        (URL, (("url", "http://x/other"),)),  # a url that is not the key's: kept as given
+        (URL, (("url", URL), ("type", "page"))),  # not last: kept as given, order and all
+        ("k", (("url", "k"), ("url", "k"))),
+        ("k", ()),
+        ("k", (("type", "t"),)),
+    ],
+)
+def test_tags_read_back_as_given(key: str, tags: Tags) -> None:
+    entry = Entry(key, b"v", tags, RESIDENCY)
+    assert entry.tags == tags
+    assert decode_entry(encode_entry(entry, last_used=1.0)).tags == tags
+
+
+def test_a_plain_url_tag_costs_no_object_per_entry() -> None:
+    first = Entry("http://x/1", b"v", (("url", "http://x/1"),), RESIDENCY)
+    second = Entry("http://x/2", b"v", (("url", "http://x/2"),), RESIDENCY)
+    assert first._tags is second._tags
+    assert second.tags == (("url", "http://x/2"),)
+
+
+def test_size_is_derived_for_bytes_and_responses() -> None:
+    response = StoredResponse(200, intern_headers([(b"x-a", b"1")]), b"body", 1.0, 1.0)
+    assert Entry("r", response, (), RESIDENCY).size == response.payload_bytes + (
+        ENTRY_OVERHEAD_BYTES
+    )
+    assert Entry("b", b"12345", (), RESIDENCY).size == 5 + ENTRY_OVERHEAD_BYTES
+
+
+def test_a_given_size_is_kept_and_can_be_set() -> None:
+    entry = Entry("b", b"12345", (), RESIDENCY, 100)
+    assert entry.size == 100
+    entry.size = 7
+    assert entry.size == 7
+    assert Entry("v", {"a": 1}, (), RESIDENCY, 42).size == 42
+
+
+def test_a_value_that_cannot_say_its_size_needs_one() -> None:
+    with pytest.raises(ValueError, match="needs a size"):
+        Entry("v", {"a": 1}, (), RESIDENCY)
+
+
+def test_decoded_sizes_are_recounted_for_bytes_and_kept_for_other_values() -> None:
+    stale = Entry("b", b"12345", (), RESIDENCY, 99)  # as an older overhead constant wrote it
+    assert decode_entry(encode_entry(stale, last_used=1.0)).size == 5 + ENTRY_OVERHEAD_BYTES
+    value = Entry("v", [1, 2], (), RESIDENCY, 321)
+    assert decode_entry(encode_entry(value, last_used=1.0)).size == 321
+
+
+def test_an_entry_written_by_the_previous_release_still_reads() -> None:
+    import msgpack
+
+    # Format 1 as it was written before Entry stopped keeping created_at.
+    old = msgpack.packb(
+        [1, URL, 1, b"v", [["url", URL]], [None, 60.0, None], 731, 1.5, 2.5], use_bin_type=True
+    )
+    entry = decode_entry(old)
+    assert (entry.key, entry.value, entry.tags) == (URL, b"v", (("url", URL),))
+    assert (entry.residency.cold, entry.last_used, entry.size) == (
+        60.0,
+        2.5,
+        1 + ENTRY_OVERHEAD_BYTES,
+    )
