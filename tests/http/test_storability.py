@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.http.support import hdrs
+from tests.http.support import date, hdrs
 from tiercache_mw.http.cache_control import RequestCacheControl, response_cache_control
 from tiercache_mw.http.storability import decide_store
 
@@ -19,7 +19,15 @@ FRESH = {"cache_control": "max-age=60"}
         ("HEAD", 200, {}, FRESH, False, "method"),  # a HEAD only updates (§4.3.5)
         ("GET", 206, {}, FRESH, False, "partial"),  # §3.3: ranges are not combined here
         ("GET", 304, {}, FRESH, False, "status"),
-        ("GET", 599, {}, FRESH, False, "status"),
+        # §3: a status this cache does not know is stored with explicit freshness or public
+        ("GET", 599, {}, FRESH, False, "ok"),
+        ("GET", 299, {}, {"expires": "Thu, 01 Jan 2099 00:00:00 GMT"}, False, "ok"),
+        ("GET", 299, {}, {"cache_control": "public"}, False, "ok"),
+        ("GET", 299, {}, {"last_modified": date(-36000)}, False, "not-cacheable"),
+        ("GET", 299, {}, {"cache_control": "no-store, max-age=60"}, False, "no-store"),
+        ("GET", 299, {}, {"cache_control": "must-understand, max-age=60"}, False, "status"),
+        ("GET", 600, {}, FRESH, False, "status"),  # RFC 9110 §15: not a status code
+        ("GET", 103, {}, FRESH, False, "status"),  # not final
         ("GET", 200, {}, {"cache_control": "no-store, max-age=60"}, False, "no-store"),
         ("GET", 200, {"cache_control": "no-store"}, FRESH, False, "request-no-store"),
         ("GET", 200, {}, {"cache_control": "private, max-age=60"}, False, "private"),

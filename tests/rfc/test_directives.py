@@ -293,3 +293,34 @@ async def test_cache_status_bypass_for_an_uncached_route(tmp_path: Path) -> None
         assert harness.origin.calls["/private/x"] == 2
     finally:
         await harness.close()
+
+
+@pytest.mark.parametrize(
+    "cache_control", ["max-age=60", "s-maxage=60", "public", "public, max-age=60"]
+)
+async def test_unknown_status_with_explicit_freshness_is_stored(
+    cache: Harness, cache_control: str
+) -> None:
+    """§3: a status the cache does not know is stored with explicit freshness or public."""
+    fields = {"cache-control": cache_control, "last-modified": cache.clock.date(-36000)}
+    cache.script("/u", Answer(299, fields))
+    await cache.get("/u")
+    cache.clock.advance(1)
+    again = await cache.get("/u")
+    assert again.status_code == 299
+    assert is_hit(again)
+    assert cache.origin.calls["/u"] == 1
+
+
+async def test_unknown_status_with_expires_is_stored(cache: Harness) -> None:
+    cache.script("/ue", Answer(599, {"expires": cache.clock.date(60), "date": cache.clock.date()}))
+    await cache.get("/ue")
+    assert is_hit(await cache.get("/ue"))
+
+
+async def test_unknown_status_without_explicit_freshness_is_not_stored(cache: Harness) -> None:
+    """§3: no heuristic freshness for a status the cache does not know."""
+    cache.script("/un", Answer(299, {"last-modified": cache.clock.date(-36000)}))
+    await cache.get("/un")
+    assert not is_hit(await cache.get("/un"))
+    assert cache.origin.calls["/un"] == 2

@@ -49,7 +49,9 @@ def decide_store(
     """RFC 9111 §3: a shared cache stores a response only when
 
     - the method is cacheable and understood (GET; a HEAD response only updates, §4.3.5);
-    - the status is final and understood, or must-understand is absent (§3, §5.2.2.3);
+    - the status is final (RFC 9110 §15: 200-599); with must-understand it must also be one
+      this cache understands (§5.2.2.3); an unknown status without it is stored like any
+      other, which the last rule limits to explicit freshness or `public` (§3);
       206 is not stored (no range support) and 304 never replaces a response;
     - no-store is absent from request and response (§5.2.1.5, §5.2.2.5), unless the response
       has must-understand with an understood status (§5.2.2.3);
@@ -65,12 +67,11 @@ def decide_store(
         return _no("method")
     if status == 206 or get_header(headers, b"content-range") is not None:
         return _no("partial")
-    understood = status in UNDERSTOOD_STATUSES
+    if status == 304 or not 200 <= status <= 599:
+        return _no("status")  # a 304 only updates (§4.3.4); the rest is not a final status
     if cc.must_understand:
-        if not understood:
+        if status not in UNDERSTOOD_STATUSES:
             return _no("status")
-    elif not understood:
-        return _no("status")
     elif cc.no_store:
         return _no("no-store")
     if req_cc.no_store:
