@@ -27,8 +27,9 @@ from tiercache_mw.http.cache_control import (
 )
 from tiercache_mw.http.cache_status import cache_status
 from tiercache_mw.http.conditional import (
+    Precondition,
+    evaluate_preconditions,
     freshen,
-    not_modified,
     not_modified_headers,
     validation_headers,
     validator_matches,
@@ -122,6 +123,10 @@ class ResponsePlan(enum.Enum):
     PASS = "pass"  # send the app's response, do not store
     STORE = "store"  # send it and keep the body for the store
     SERVE_STORED = "serve-stored"  # drop the app's response, send `reply` instead
+    # Drop the app's response and call it again with `exchange.forward_headers`: it answered
+    # the cache's validators with a 304 for another representation (RFC 9111 §4.3.4). The
+    # decision's headers are the 304's, for an adapter that cannot call the app twice.
+    RETRY = "retry"
 
 
 @dataclass(slots=True)
@@ -218,6 +223,10 @@ class HttpCache:
             exchange.fwd = "request"
             return Action.FORWARD
         decision = decide_reuse(stored, exchange.req_cc, now)
+        if decision.action in _SERVABLE and _app_must_evaluate(exchange.request, stored):
+            exchange.fwd = "request"
+            self.prepare_validation(exchange, stored)
+            return Action.FORWARD
         if decision.action in (Reuse.FRESH, Reuse.STALE_ALLOWED):
             return Action.SERVE
         if decision.action is Reuse.STALE_REVALIDATE:
@@ -234,7 +243,7 @@ class HttpCache:
         if not validators:
             return
         exchange.validating = True
-        kept = [(n, v) for n, v in exchange.request.headers if n not in _CONDITIONAL_FIELDS]
+        kept = _without_validation_conditions(exchange.request.headers)
         exchange.forward_headers = kept + validators
 
     # ---- answering from the cache -------------------------------------------------------
@@ -298,10 +307,15 @@ class HttpCache:
     ) -> Reply:
         request = exchange.request
         age_header = (b"age", str(max(0, int(age))).encode())
-        if not_modified(request.headers, stored):
+        precondition = evaluate_preconditions(request.headers, stored)
+        if precondition is Precondition.NOT_MODIFIED:
             headers = not_modified_headers(stored)
             headers += [age_header, (b"cache-status", status_value)]
             return Reply(304, headers, b"")
+        if precondition is Precondition.FAILED:
+            headers = [(b"content-length", b"0"), age_header, (b"cache-status", status_value)]
+            return Reply(412, headers, b"")
+        # ASK_APP is sent as stored: the app was asked (`reuse`), or is failing (stale-if-error).
         headers = stored.headers.copy()
         headers += [age_header, (b"cache-status", status_value)]
         return Reply(stored.status, headers, b"" if request.method == "HEAD" else stored.body)
@@ -322,10 +336,18 @@ class HttpCache:
         cc = response_cache_control(headers, targeted_field=self.http.targeted_cache_control)
         tags = self._tags(exchange, headers)
         rule = self.ttl_rules.for_tags(tags)
-        if status == 304 and entry is not None:
-            stored = entry.value
-            if validator_matches(stored, headers):
-                return self._freshened(exchange, stored, headers, cc, rule, tags, now)
+        if status == 304:
+            if entry is not None and validator_matches(entry.value, headers):
+                return self._freshened(exchange, entry.value, headers, cc, rule, tags, now)
+            # §4.3.4: the 304 selects no stored response, so it updates nothing, and a client
+            # that sent no condition must not get it (§4.3.3).
+            if exchange.validating:
+                return self._retry_unconditionally(exchange, status, headers, now)
+            sent = exchange.forward_headers
+            if sent is None:
+                sent = exchange.request.headers
+            if not _has_validation_condition(sent):
+                return self._invalid_not_modified(exchange, now)
         if request.method == "HEAD":
             self._freshen_from_head(exchange, status, headers, cc, rule, tags, now)
             return self._pass(exchange, status, headers, now, fwd_status=entry is not None)
@@ -434,6 +456,27 @@ class HttpCache:
         reply = self._reply_from_stored(exchange, stored, current_age(stored, now), status_value)
         return ResponseDecision(ResponsePlan.SERVE_STORED, [], reply=reply)
 
+    def _retry_unconditionally(
+        self, exchange: Exchange, status: int, headers: Headers, now: float
+    ) -> ResponseDecision:
+        """Ask again without the cache's validators; the client's other fields stay."""
+        exchange.validating = False
+        exchange.forward_headers = _without_validation_conditions(exchange.request.headers)
+        passed = self._pass(exchange, status, headers, now, fwd_status=True)
+        return ResponseDecision(ResponsePlan.RETRY, passed.headers)
+
+    def _invalid_not_modified(self, exchange: Exchange, now: float) -> ResponseDecision:
+        """A 304 to a request with no condition at all: an error from the app, answered as
+        one (502, RFC 9110 §15.6.3; Varnish fails such a fetch too), or stale-if-error."""
+        entry = exchange.entry
+        if entry is not None and may_serve_stale_on_error(entry.value, exchange.req_cc, now):
+            return self._stale_on_error(exchange, 304, now)
+        status_value = cache_status(
+            self.name, fwd=exchange.fwd, fwd_status=304, key=self._debug_key(exchange)
+        )
+        headers = [(b"content-length", b"0"), (b"cache-status", status_value)]
+        return ResponseDecision(ResponsePlan.SERVE_STORED, [], reply=Reply(502, headers, b""))
+
     def stale_on_exception(self, exchange: Exchange) -> Reply | None:
         """The app raised: the stale entry if stale-if-error allows it (RFC 5861 §4)."""
         if exchange.entry is None:
@@ -513,7 +556,9 @@ class HttpCache:
         self.cache.put(self.cache.make_entry(exchange.key, updated, tags, entry.residency))
 
 
+# The conditions a 304 answers (RFC 9110 §15.4.5); the cache replaces them with its own.
 _CONDITIONAL_FIELDS = frozenset({b"if-none-match", b"if-modified-since"})
+_SERVABLE = frozenset({Reuse.FRESH, Reuse.STALE_ALLOWED, Reuse.STALE_REVALIDATE})
 _OWNED = frozenset({b"age", b"cache-status"})
 # A miss's fwd-status would only repeat the response's own status; Cache-Status leaves it out.
 _PLAIN_MISSES = frozenset({"uri-miss", "vary-miss"})
@@ -521,6 +566,19 @@ _PLAIN_MISSES = frozenset({"uri-miss", "vary-miss"})
 
 def _without_owned(headers: Headers) -> Headers:
     return [(name, value) for name, value in headers if name not in _OWNED]
+
+
+def _app_must_evaluate(request: RequestView, stored: StoredResponse) -> bool:
+    """If-Unmodified-Since on a response with no Last-Modified: only the app knows the date."""
+    return evaluate_preconditions(request.headers, stored) is Precondition.ASK_APP
+
+
+def _has_validation_condition(headers: Headers) -> bool:
+    return any(name in _CONDITIONAL_FIELDS for name, _ in headers)
+
+
+def _without_validation_conditions(headers: Headers) -> Headers:
+    return [(name, value) for name, value in headers if name not in _CONDITIONAL_FIELDS]
 
 
 def _vary_marker_names(value: object) -> tuple[str, ...] | None:

@@ -7,6 +7,8 @@ import pytest
 from tests.http.support import HTTP, NOW, date, hdrs, stored
 from tiercache_mw.http.cache_control import response_cache_control
 from tiercache_mw.http.conditional import (
+    Precondition,
+    evaluate_preconditions,
     freshen,
     not_modified,
     not_modified_headers,
@@ -41,6 +43,55 @@ def test_not_modified(etag: str | None, request_fields: dict[str, str], expect: 
     if etag is not None:
         fields["etag"] = etag
     assert not_modified(hdrs(**request_fields), stored(200, fields)) is expect
+
+
+EARLY = date(-7200)
+SEND, NOT_MODIFIED, FAILED, ASK_APP = (
+    Precondition.SEND, Precondition.NOT_MODIFIED, Precondition.FAILED, Precondition.ASK_APP,
+)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("stored_fields", "request_fields", "expect"),
+    [
+        ({"etag": '"v1"'}, {}, SEND),
+        ({"etag": '"v1"'}, {"if_match": '"v1"'}, SEND),  # §13.1.1, strong comparison
+        ({"etag": '"v1"'}, {"if_match": '"x", "v1"'}, SEND),
+        ({"etag": '"v1"'}, {"if_match": '"x"'}, FAILED),
+        ({"etag": '"v1"'}, {"if_match": 'W/"v1"'}, FAILED),
+        ({"etag": 'W/"v1"'}, {"if_match": '"v1"'}, FAILED),
+        ({"etag": 'W/"v1"'}, {"if_match": "*"}, SEND),
+        ({}, {"if_match": '"v1"'}, FAILED),  # no ETag to match, as at the origin
+        ({}, {"if_match": "*"}, SEND),
+        ({"last_modified": LM}, {"if_unmodified_since": LM}, SEND),  # §13.1.4
+        ({"last_modified": LM}, {"if_unmodified_since": EARLY}, FAILED),
+        ({"last_modified": LM}, {"if_unmodified_since": "garbage"}, SEND),
+        ({"etag": '"v1"'}, {"if_unmodified_since": LM}, ASK_APP),
+        ({"etag": '"v1"'}, {"if_unmodified_since": "garbage"}, SEND),
+        # §13.2.2: If-Match first, If-Unmodified-Since only without it, then the 304 tests
+        (
+            {"etag": '"v1"', "last_modified": LM},
+            {"if_match": '"v1"', "if_unmodified_since": EARLY},
+            SEND,
+        ),
+        ({"etag": '"v1"'}, {"if_match": '"v1"', "if_unmodified_since": LM}, SEND),
+        ({"etag": '"v1"'}, {"if_match": '"x"', "if_none_match": '"v1"'}, FAILED),
+        ({"etag": '"v1"'}, {"if_match": '"v1"', "if_none_match": '"v1"'}, NOT_MODIFIED),
+        ({"last_modified": LM}, {"if_unmodified_since": LM, "if_modified_since": LM}, NOT_MODIFIED),
+        ({"etag": '"v1"'}, {"if_range": '"x"', "range": "bytes=0-1"}, SEND),  # §13.1.5
+    ],
+)  # fmt: skip
+def test_evaluate_preconditions(
+    stored_fields: dict[str, str], request_fields: dict[str, str], expect: Precondition
+) -> None:
+    response = stored(200, {"cache_control": "max-age=60", **stored_fields})
+    assert evaluate_preconditions(hdrs(**request_fields), response) is expect
+
+
+def test_preconditions_ignored_for_non_2xx() -> None:
+    """RFC 9110 §13.2.1: no 412 (or 304) instead of a stored 404."""
+    response = stored(404, cache_control="max-age=60", etag='"x"')
+    assert evaluate_preconditions(hdrs(if_match='"y"'), response) is SEND
 
 
 def test_conditions_ignored_for_non_2xx() -> None:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import enum
 from typing import TYPE_CHECKING
 
 from werkzeug.http import parse_etags, unquote_etag
@@ -18,6 +19,8 @@ if TYPE_CHECKING:
     from tiercache_mw.store.entry import StoredResponse
 
 __all__ = [
+    "Precondition",
+    "evaluate_preconditions",
     "freshen",
     "not_modified",
     "not_modified_headers",
@@ -106,6 +109,10 @@ def not_modified(request_headers: Headers, stored: StoredResponse) -> bool:
     """
     if not 200 <= stored.status < 300:
         return False  # §13.2.1: conditions only apply to a 2xx answer
+    return _none_match_or_not_modified_since(request_headers, stored)
+
+
+def _none_match_or_not_modified_since(request_headers: Headers, stored: StoredResponse) -> bool:
     inm = get_list(request_headers, b"if-none-match")
     if inm is not None:
         if stored.etag is None:
@@ -120,6 +127,61 @@ def not_modified(request_headers: Headers, stored: StoredResponse) -> bool:
     since = http_timestamp(ims)
     modified = http_timestamp(stored.last_modified)
     return since is not None and modified is not None and modified <= since
+
+
+class Precondition(enum.Enum):
+    """What a request's conditions make of a stored response (RFC 9110 §13.2.2)."""
+
+    SEND = "send"  # no condition, or all true: send the stored response
+    NOT_MODIFIED = "not-modified"  # 304
+    FAILED = "failed"  # 412
+    ASK_APP = "ask-app"  # the stored response lacks what If-Unmodified-Since needs
+
+
+def evaluate_preconditions(request_headers: Headers, stored: StoredResponse) -> Precondition:
+    """RFC 9110 §13.2.2's order for a GET or HEAD answered from `stored`:
+
+    1. If-Match (§13.1.1): strong comparison, "*" true; false → 412. No stored ETag is false,
+       as at the origin, which has none to match either (ATS answers the same).
+    2. Else If-Unmodified-Since (§13.1.4): a Last-Modified after the date → 412; an invalid
+       date is ignored; with no stored Last-Modified the app, which may know the date, decides.
+    3. If-None-Match (§13.1.2), weak comparison: matching → 304.
+    4. Else If-Modified-Since (§13.1.3): not modified since → 304.
+    5. If-Range (§13.1.5) only says whether Range applies. The cache never answers with a
+       range (§14.2 lets it ignore Range), and the full response is what a false If-Range asks
+       for, so it needs no evaluation here.
+    Conditions only apply when the answer would be 2xx (§13.2.1).
+    """
+    if not 200 <= stored.status < 300:
+        return Precondition.SEND
+    if_match = get_list(request_headers, b"if-match")
+    if if_match is not None:
+        if not _strong_member(if_match, stored.etag):
+            return Precondition.FAILED
+    else:
+        ius = get_header(request_headers, b"if-unmodified-since")
+        since = http_timestamp(ius) if ius is not None else None
+        if since is not None:
+            if stored.last_modified is None:
+                return Precondition.ASK_APP
+            modified = http_timestamp(stored.last_modified)
+            if modified is None:
+                return Precondition.ASK_APP
+            if modified > since:
+                return Precondition.FAILED
+    if _none_match_or_not_modified_since(request_headers, stored):
+        return Precondition.NOT_MODIFIED
+    return Precondition.SEND
+
+
+def _strong_member(if_match: bytes, etag: bytes | None) -> bool:
+    """If-Match's test (RFC 9110 §13.1.1): "*", or `etag` strongly equal to a listed tag."""
+    if if_match.strip() == b"*":
+        return True  # a stored response is a current representation
+    if etag is None:
+        return False
+    tag, weak = _opaque(etag)
+    return not weak and parse_etags(if_match.decode("latin-1")).contains(tag)
 
 
 def not_modified_headers(stored: StoredResponse) -> Headers:
