@@ -21,7 +21,6 @@ from typing import Any
 from tiercache_mw.config import Config, TtlRule, load_config
 from tiercache_mw.http.cache_control import (
     RequestCacheControl,
-    ResponseCacheControl,
     request_cache_control,
     response_cache_control,
 )
@@ -38,7 +37,12 @@ from tiercache_mw.http.freshness import current_age, initial_age
 from tiercache_mw.http.headers import get_header
 from tiercache_mw.http.invalidation import UNSAFE_METHODS, invalidation_urls
 from tiercache_mw.http.key import primary_key, url_for, vary_key
-from tiercache_mw.http.response import build_stored_response, client_headers, surrogate_tags
+from tiercache_mw.http.response import (
+    StorePolicy,
+    build_stored_response,
+    client_headers,
+    surrogate_tags,
+)
 from tiercache_mw.http.reuse import Reuse, decide_reuse, may_serve_stale_on_error
 from tiercache_mw.http.storability import decide_store
 from tiercache_mw.rules import RouteTable, TtlRules
@@ -336,9 +340,10 @@ class HttpCache:
         cc = response_cache_control(headers, targeted_field=self.http.targeted_cache_control)
         tags = self._tags(exchange, headers)
         rule = self.ttl_rules.for_tags(tags)
+        policy = StorePolicy.for_rule(self.http, rule)
         if status == 304:
             if entry is not None and validator_matches(entry.value, headers):
-                return self._freshened(exchange, entry.value, headers, cc, rule, tags, now)
+                return self._freshened(exchange, entry.value, headers, policy, tags, now)
             # §4.3.4: the 304 selects no stored response, so it updates nothing, and a client
             # that sent no condition must not get it (§4.3.3).
             if exchange.validating:
@@ -349,10 +354,8 @@ class HttpCache:
             if not _has_validation_condition(sent):
                 return self._invalid_not_modified(exchange, now)
         if request.method == "HEAD":
-            self._freshen_from_head(exchange, status, headers, cc, rule, tags, now)
+            self._freshen_from_head(exchange, status, headers, policy, tags, now)
             return self._pass(exchange, status, headers, now, fwd_status=entry is not None)
-        rule_ttl = rule.ttl_seconds if rule is not None else None
-        override = rule.override_origin if rule is not None else False
         stored = build_stored_response(
             status,
             headers,
@@ -360,11 +363,7 @@ class HttpCache:
             request_time=exchange.request_time,
             response_time=now,
             cc=cc,
-            rule_ttl=rule_ttl,
-            override_origin=override,
-            rule_swr=rule.stale_while_revalidate_seconds if rule is not None else None,
-            rule_sie=rule.stale_if_error_seconds if rule is not None else None,
-            http=self.http,
+            policy=policy,
         )
         has_validator = stored.etag is not None or stored.last_modified is not None
         verdict = decide_store(
@@ -492,12 +491,11 @@ class HttpCache:
         exchange: Exchange,
         stored: StoredResponse,
         headers: Headers,
-        cc: ResponseCacheControl,
-        rule: TtlRule | None,
+        policy: StorePolicy,
         tags: Tags,
         now: float,
     ) -> ResponseDecision:
-        updated = self._freshen(exchange, stored, headers, cc, rule, now)
+        updated = self._freshen(exchange, stored, headers, policy, now)
         assert exchange.entry is not None
         residency = self.cache.residency_for(tags, ttl_seconds=None)
         self.cache.put(self.cache.make_entry(exchange.key, updated, tags, residency))
@@ -516,21 +514,11 @@ class HttpCache:
         exchange: Exchange,
         stored: StoredResponse,
         headers: Headers,
-        cc: ResponseCacheControl,
-        rule: TtlRule | None,
+        policy: StorePolicy,
         now: float,
     ) -> StoredResponse:
         return freshen(
-            stored,
-            headers,
-            request_time=exchange.request_time,
-            response_time=now,
-            cc=cc,
-            rule_ttl=rule.ttl_seconds if rule is not None else None,
-            override_origin=rule.override_origin if rule is not None else False,
-            rule_swr=rule.stale_while_revalidate_seconds if rule is not None else None,
-            rule_sie=rule.stale_if_error_seconds if rule is not None else None,
-            http=self.http,
+            stored, headers, request_time=exchange.request_time, response_time=now, policy=policy
         )
 
     def _freshen_from_head(
@@ -538,8 +526,7 @@ class HttpCache:
         exchange: Exchange,
         status: int,
         headers: Headers,
-        cc: ResponseCacheControl,
-        rule: TtlRule | None,
+        policy: StorePolicy,
         tags: Tags,
         now: float,
     ) -> None:
@@ -552,7 +539,7 @@ class HttpCache:
             stale = dataclasses.replace(entry.value, freshness_lifetime=0.0)
             self.cache.put(self.cache.make_entry(exchange.key, stale, entry.tags, entry.residency))
             return
-        updated = self._freshen(exchange, entry.value, headers, cc, rule, now)
+        updated = self._freshen(exchange, entry.value, headers, policy, now)
         self.cache.put(self.cache.make_entry(exchange.key, updated, tags, entry.residency))
 
 

@@ -7,7 +7,7 @@ from werkzeug.http import http_date
 from tiercache_mw.config import HttpConfig
 from tiercache_mw.http.cache_control import response_cache_control
 from tiercache_mw.http.headers import Headers
-from tiercache_mw.http.response import build_stored_response
+from tiercache_mw.http.response import StorePolicy, build_stored_response
 from tiercache_mw.store.entry import StoredResponse
 
 NOW = 1_700_000_000.0
@@ -42,9 +42,5 @@ def stored(
         request_time=at,
         response_time=at,
         cc=response_cache_control(headers, targeted_field=http.targeted_cache_control),
-        rule_ttl=rule_ttl,
-        override_origin=False,
-        rule_swr=rule_swr,
-        rule_sie=rule_sie,
-        http=http,
+        policy=StorePolicy(http, rule_ttl=rule_ttl, rule_swr=rule_swr, rule_sie=rule_sie),
     )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from tests.http.support import HTTP, NOW, date, hdrs, stored
-from tiercache_mw.http.cache_control import response_cache_control
 from tiercache_mw.http.conditional import (
     Precondition,
     evaluate_preconditions,
@@ -16,6 +15,7 @@ from tiercache_mw.http.conditional import (
     validator_matches,
 )
 from tiercache_mw.http.headers import get_header
+from tiercache_mw.http.response import StorePolicy
 
 LM = date(-3600)
 
@@ -150,8 +150,7 @@ def test_freshen_updates_headers_and_freshness() -> None:
                   connection="close", age="5")  # fmt: skip
     new = freshen(
         old, update, request_time=NOW + 50, response_time=NOW + 50,
-        cc=response_cache_control(update), rule_ttl=None, override_origin=False,
-        rule_swr=None, rule_sie=None, http=HTTP,
+        policy=StorePolicy(HTTP),
     )  # fmt: skip
     assert get_header(new.headers, b"x-version") == b"2"
     assert get_header(new.headers, b"content-length") == b"4"
@@ -168,8 +167,7 @@ def test_freshen_keeps_stored_cache_control_when_the_304_has_none() -> None:
     update = hdrs(etag='"a"')
     new = freshen(
         old, update, request_time=NOW, response_time=NOW + 30,
-        cc=response_cache_control(update), rule_ttl=None, override_origin=False,
-        rule_swr=None, rule_sie=None, http=HTTP,
+        policy=StorePolicy(HTTP),
     )  # fmt: skip
     assert new.freshness_lifetime == 10
     assert new.must_revalidate

@@ -8,7 +8,7 @@ from tests.http.support import NOW, date, hdrs, stored
 from tiercache_mw.config import HttpConfig
 from tiercache_mw.http.cache_control import response_cache_control
 from tiercache_mw.http.freshness import current_age, initial_age
-from tiercache_mw.http.response import lifetime_for
+from tiercache_mw.http.response import StorePolicy, lifetime_for
 
 HEURISTIC_CAP = HttpConfig(heuristic_max_seconds=3600)
 
@@ -21,10 +21,7 @@ def lifetime(status: int = 200, **fields: str) -> float:
 
 def lifetime_headers(status: int, headers: list[tuple[bytes, bytes]]) -> float:
     cc = response_cache_control(headers)
-    return lifetime_for(
-        status, headers, cc, response_time=NOW, rule_ttl=None, override_origin=False,
-        http=HEURISTIC_CAP,
-    )  # fmt: skip
+    return lifetime_for(status, headers, cc, response_time=NOW, policy=StorePolicy(HEURISTIC_CAP))
 
 
 @pytest.mark.parametrize(

@@ -9,13 +9,17 @@ from typing import TYPE_CHECKING
 
 from werkzeug.http import parse_etags, unquote_etag
 
-from tiercache_mw.http.cache_control import ResponseCacheControl, response_cache_control
+from tiercache_mw.http.cache_control import response_cache_control
 from tiercache_mw.http.freshness import http_timestamp
 from tiercache_mw.http.headers import HOP_BY_HOP, Headers, get_header, get_list
-from tiercache_mw.http.response import OWNED_FIELDS, SURROGATE_FIELDS, build_stored_response
+from tiercache_mw.http.response import (
+    OWNED_FIELDS,
+    SURROGATE_FIELDS,
+    StorePolicy,
+    build_stored_response,
+)
 
 if TYPE_CHECKING:
-    from tiercache_mw.config import HttpConfig
     from tiercache_mw.store.entry import StoredResponse
 
 __all__ = [
@@ -195,12 +199,7 @@ def freshen(
     *,
     request_time: float,
     response_time: float,
-    cc: ResponseCacheControl,
-    rule_ttl: float | None,
-    override_origin: bool,
-    rule_swr: float | None,
-    rule_sie: float | None,
-    http: HttpConfig,
+    policy: StorePolicy,
 ) -> StoredResponse:
     """`stored` updated from a 304 or HEAD response (RFC 9111 §3.2, §4.3.4, §4.3.5).
 
@@ -214,8 +213,8 @@ def freshen(
     merged += incoming
     age = get_header(headers, b"age")
     timing = merged if age is None else [*merged, (b"age", age)]
-    # Not `cc`: a 304 may omit Cache-Control, and the merged set then holds the stored one.
-    merged_cc = response_cache_control(timing, targeted_field=http.targeted_cache_control)
+    # From the merged set: a 304 may omit Cache-Control, and the stored one then holds.
+    merged_cc = response_cache_control(timing, targeted_field=policy.http.targeted_cache_control)
     updated = build_stored_response(
         stored.status,
         timing,
@@ -223,10 +222,6 @@ def freshen(
         request_time=request_time,
         response_time=response_time,
         cc=merged_cc,
-        rule_ttl=rule_ttl,
-        override_origin=override_origin,
-        rule_swr=rule_swr,
-        rule_sie=rule_sie,
-        http=http,
+        policy=policy,
     )
     return dataclasses.replace(updated, extra=dict(stored.extra))

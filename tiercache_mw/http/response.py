@@ -3,6 +3,7 @@ so that a hit only compares numbers and appends Age and Cache-Status."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from tiercache_mw.http.cache_control import ResponseCacheControl
@@ -16,11 +17,12 @@ from tiercache_mw.http.headers import Headers, connection_fields, get_header, ge
 from tiercache_mw.store.entry import StoredResponse, Tags
 
 if TYPE_CHECKING:
-    from tiercache_mw.config import HttpConfig
+    from tiercache_mw.config import HttpConfig, TtlRule
 
 __all__ = [
     "SURROGATE_FIELDS",
     "SURROGATE_TAG",
+    "StorePolicy",
     "build_stored_response",
     "client_headers",
     "lifetime_for",
@@ -32,6 +34,30 @@ SURROGATE_TAG = "surrogate-key"  # purge(tags={"surrogate-key": "prod-1"})
 SURROGATE_FIELDS = frozenset({b"surrogate-key", b"cache-tag"})
 # Fields the cache owns on the way out (RFC 9111 §5.1, RFC 9211): never stored, always ours.
 OWNED_FIELDS = frozenset({b"age", b"cache-status"})
+
+
+@dataclass(frozen=True, slots=True)
+class StorePolicy:
+    """What the operator adds to a response's own freshness (RFC 9111 §4.2.1, §4.2.2 and
+    RFC 5861 leave it to the cache): the http config and the matching TTL rule's values."""
+
+    http: HttpConfig
+    rule_ttl: float | None = None
+    override_origin: bool = False
+    rule_swr: float | None = None
+    rule_sie: float | None = None
+
+    @classmethod
+    def for_rule(cls, http: HttpConfig, rule: TtlRule | None) -> StorePolicy:
+        if rule is None:
+            return cls(http)
+        return cls(
+            http,
+            rule_ttl=rule.ttl_seconds,
+            override_origin=rule.override_origin,
+            rule_swr=rule.stale_while_revalidate_seconds,
+            rule_sie=rule.stale_if_error_seconds,
+        )
 
 
 def surrogate_tags(headers: Headers) -> Tags:
@@ -89,9 +115,7 @@ def lifetime_for(
     cc: ResponseCacheControl,
     *,
     response_time: float,
-    rule_ttl: float | None,
-    override_origin: bool,
-    http: HttpConfig,
+    policy: StorePolicy,
 ) -> float:
     """Freshness lifetime with the operator's rules folded in (RFC 9111 §4.2.1, §4.2.2).
 
@@ -99,7 +123,8 @@ def lifetime_for(
     lifetime, then the rule's ttl, then http.default_ttl_seconds, then the heuristic. The
     configured defaults, like the heuristic, only apply to heuristically cacheable statuses.
     """
-    if override_origin and rule_ttl is not None:
+    rule_ttl, http = policy.rule_ttl, policy.http
+    if policy.override_origin and rule_ttl is not None:
         return float(rule_ttl)
     explicit = explicit_lifetime(headers, cc, response_time=response_time)
     if explicit is not None:
@@ -123,24 +148,17 @@ def build_stored_response(
     request_time: float,
     response_time: float,
     cc: ResponseCacheControl,
-    rule_ttl: float | None,
-    override_origin: bool,
-    rule_swr: float | None,
-    rule_sie: float | None,
-    http: HttpConfig,
+    policy: StorePolicy,
 ) -> StoredResponse:
     """The StoredResponse for a response (headers with lowercase names), everything a hit
     needs derived here once: lifetime (§4.2.1), corrected initial age (§4.2.3), the stale
     allowances (RFC 5861, the response's own directive before the rule's), validators."""
-    lifetime = lifetime_for(
-        status, headers, cc, response_time=response_time, rule_ttl=rule_ttl,
-        override_origin=override_origin, http=http,
-    )  # fmt: skip
-    swr = cc.stale_while_revalidate if cc.stale_while_revalidate is not None else rule_swr
-    sie = cc.stale_if_error if cc.stale_if_error is not None else rule_sie
+    lifetime = lifetime_for(status, headers, cc, response_time=response_time, policy=policy)
+    swr = cc.stale_while_revalidate if cc.stale_while_revalidate is not None else policy.rule_swr
+    sie = cc.stale_if_error if cc.stale_if_error is not None else policy.rule_sie
     return StoredResponse(
         status=status,
-        headers=_stored_headers(headers, cc, http),
+        headers=_stored_headers(headers, cc, policy.http),
         body=body,
         request_time=request_time,
         response_time=response_time,
