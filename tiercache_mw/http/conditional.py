@@ -33,6 +33,10 @@ __all__ = [
     "weak_match",
 ]
 
+# RFC 9110 §13.1: the fields §13.2.2 evaluates (If-Range needs nothing from the cache).
+_PRECONDITION_FIELDS = frozenset(
+    {b"if-match", b"if-unmodified-since", b"if-none-match", b"if-modified-since"}
+)
 # RFC 9110 §15.4.5: what a 304 carries (plus Last-Modified, which helps caches downstream).
 _NOT_MODIFIED_FIELDS = frozenset(
     {b"cache-control", b"content-location", b"date", b"etag", b"expires", b"vary",
@@ -157,6 +161,9 @@ def evaluate_preconditions(request_headers: Headers, stored: StoredResponse) -> 
     Conditions only apply when the answer would be 2xx (§13.2.1).
     """
     if not 200 <= stored.status < 300:
+        return Precondition.SEND
+    # Most requests carry no condition: one pass over the fields says so.
+    if not any(name in _PRECONDITION_FIELDS for name, _ in request_headers):
         return Precondition.SEND
     if_match = get_list(request_headers, b"if-match")
     if if_match is not None:
