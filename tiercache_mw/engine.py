@@ -227,7 +227,12 @@ class HttpCache:
             exchange.fwd = "request"
             return Action.FORWARD
         decision = decide_reuse(stored, exchange.req_cc, now)
-        if decision.action in _SERVABLE and _app_must_evaluate(exchange.request, stored):
+        # only-if-cached forbids asking the app (§5.2.1.7): then the stored response is sent.
+        if (
+            decision.action in _SERVABLE
+            and not exchange.req_cc.only_if_cached
+            and _app_must_evaluate(exchange.request, stored)
+        ):
             exchange.fwd = "request"
             self.prepare_validation(exchange, stored)
             return Action.FORWARD

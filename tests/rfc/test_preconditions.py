@@ -92,3 +92,12 @@ async def test_if_unmodified_since_without_a_stored_date_asks_the_app(cache: Har
     assert cache.origin.seen[-1]["if-none-match"] == '"n"', "validated on the way"
     assert is_hit(await cache.get("/nolm"))
     assert cache.origin.calls["/nolm"] == 2
+
+
+async def test_only_if_cached_never_asks_the_app_to_evaluate(cache: Harness) -> None:
+    """§5.2.1.7 wins: the stored response is sent, If-Unmodified-Since unevaluated."""
+    await primed(cache, "/oic", Answer(headers={"cache-control": "max-age=100", "etag": '"n"'}))
+    response = await cache.get("/oic", if_unmodified_since=EARLIER, cache_control="only-if-cached")
+    assert response.status_code == 200
+    assert is_hit(response)
+    assert cache.origin.calls["/oic"] == 1
