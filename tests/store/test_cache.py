@@ -634,7 +634,7 @@ def test_entries_share_repeated_headers_and_their_residency(tmp_path: Path) -> N
 
     def response(etag: bytes) -> StoredResponse:
         headers = [(b"content-type", b"application/json"), (b"etag", etag)]
-        return StoredResponse(200, headers, b"{}", 0.0, 0.0)
+        return StoredResponse(200, headers, b"{}", response_time=0.0)
 
     one = cache.make_entry("a", response(b'"1"'), (), cache.residency_for(()))
     two = cache.make_entry("b", response(b'"2"'), (), cache.residency_for(()))

@@ -47,7 +47,7 @@ def test_a_plain_url_tag_costs_no_object_per_entry() -> None:
 
 
 def test_size_is_derived_for_bytes_and_responses() -> None:
-    response = StoredResponse(200, intern_headers([(b"x-a", b"1")]), b"body", 1.0, 1.0)
+    response = StoredResponse(200, intern_headers([(b"x-a", b"1")]), b"body", response_time=1.0)
     assert Entry("r", response, (), RESIDENCY).size == response.payload_bytes + (
         ENTRY_OVERHEAD_BYTES
     )
@@ -88,3 +88,35 @@ def test_an_entry_written_by_the_previous_release_still_reads() -> None:
         2.5,
         1 + ENTRY_OVERHEAD_BYTES,
     )
+
+
+def _response(**fields: object) -> StoredResponse:
+    return StoredResponse(200, [(b"x-a", b"1")], b"body", response_time=5.0, **fields)  # type: ignore[arg-type]
+
+
+def test_a_copy_by_dataclasses_replace_keeps_every_rule() -> None:
+    import dataclasses
+
+    original = _response(
+        freshness_lifetime=60.0, initial_age=1.5, stale_while_revalidate=5.0,
+        stale_if_error=30.0, requires_validation=True, must_revalidate=True, etag=b'"e"',
+        vary=("accept",), extra={"k": "v"},
+    )  # fmt: skip
+    copy = dataclasses.replace(original, freshness_lifetime=0.0)
+    assert copy.freshness_lifetime == 0.0
+    kept = (
+        "initial_age", "stale_while_revalidate", "stale_if_error", "requires_validation",
+        "must_revalidate", "etag", "vary", "extra", "response_time", "body", "headers",
+    )  # fmt: skip
+    assert {name: getattr(copy, name) for name in kept} == {
+        name: getattr(original, name) for name in kept
+    }
+    assert dataclasses.replace(original, extra={"n": 1}).extra == {"n": 1}
+
+
+def test_responses_with_the_same_rules_share_them() -> None:
+    first = _response(freshness_lifetime=float("3600"), stale_while_revalidate=5.0)
+    second = _response(freshness_lifetime=float("3600"), stale_while_revalidate=5.0)
+    assert first._policy is second._policy
+    assert first.freshness_lifetime is second.freshness_lifetime
+    assert _response(stale_while_revalidate=6.0).stale_while_revalidate == 6.0

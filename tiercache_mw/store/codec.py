@@ -29,7 +29,7 @@ def _response_to_wire(response: StoredResponse) -> list[Any]:
         response.status,
         [[name, value] for name, value in response.headers],
         response.body,
-        response.request_time,
+        response.response_time,  # where request_time was: only initial_age needed it
         response.response_time,
         response.freshness_lifetime,
         response.initial_age,
@@ -45,13 +45,12 @@ def _response_to_wire(response: StoredResponse) -> list[Any]:
 
 
 def _response_from_wire(wire: list[Any]) -> StoredResponse:
-    (status, headers, body, request_time, response_time, lifetime, initial_age, swr, sie,
+    (status, headers, body, _request_time, response_time, lifetime, initial_age, swr, sie,
      requires_validation, must_revalidate, etag, last_modified, vary, extra) = wire  # fmt: skip
     return StoredResponse(
         status=int(status),
         headers=intern_headers([(bytes(name), bytes(value)) for name, value in headers]),
         body=bytes(body),
-        request_time=float(request_time),
         response_time=float(response_time),
         freshness_lifetime=float(lifetime),
         initial_age=float(initial_age),

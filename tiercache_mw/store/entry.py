@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeVar
 
 __all__ = [
     "ENTRY_OVERHEAD_BYTES",
@@ -26,6 +26,8 @@ __all__ = [
     "key_url",
 ]
 
+T = TypeVar("T")
+
 # Tags are (name, value) pairs; a name may repeat (several surrogate keys), so not a dict.
 Tags = tuple[tuple[str, str], ...]
 URL_TAG = "url"  # the tag tiercache_mw.engine puts on every HTTP entry
@@ -33,10 +35,10 @@ URL_TAG = "url"  # the tag tiercache_mw.engine puts on every HTTP entry
 # What one RAM entry costs beyond its payload bytes: the Entry (which carries the SIEVE links
 # and the tier's residency), StoredResponse and header list objects, the key string, the
 # body's object header, last use as a float and the tier's index slot. Measured with
-# tracemalloc on CPython 3.11 (tests/bench memory: 614 B traced for a 64-byte body, three
+# tracemalloc on CPython 3.11 (tests/bench memory: 574 B traced for a 64-byte body, three
 # shared headers and a 27-character URL key); budgets count it so that `max_size_gb` holds
 # for real memory, not just payload.
-ENTRY_OVERHEAD_BYTES = 526
+ENTRY_OVERHEAD_BYTES = 486
 # Each stored header costs a 2-tuple and two bytes objects beyond its characters, or only
 # a list slot when its (name, value) pair is shared (see `intern_headers`).
 HEADER_OVERHEAD_BYTES = 130
@@ -95,36 +97,122 @@ class Residency:
         return {"hot": self.hot, "cold": self.cold, "dry": self.dry}[tier]
 
 
-@dataclass(slots=True, eq=False)
+@dataclass(slots=True, frozen=True)
+class _Policy:
+    """The reuse rules of a response: few distinct combinations, so one shared object each
+    (see `_shared`) instead of five slots per response."""
+
+    stale_while_revalidate: float
+    stale_if_error: float
+    requires_validation: bool
+    must_revalidate: bool
+    vary: tuple[str, ...]
+
+
+# Bounded like the header table: once full, new values are kept as they are, never evicted.
+SHARED_VALUES_MAX = 4096
+_shared_values: dict[Any, Any] = {}
+
+
+def _shared(value: T) -> T:
+    """One object for equal immutable values (policies, lifetimes) across responses."""
+    found: T | None = _shared_values.get(value)
+    if found is not None:
+        return found
+    if len(_shared_values) >= SHARED_VALUES_MAX:
+        return value
+    return _shared_values.setdefault(value, value)  # type: ignore[no-any-return]
+
+
+@dataclass(slots=True, eq=False, init=False)
 class StoredResponse:
     """An HTTP response as the cache serves it again.
 
     `headers` are the app's headers with lowercased names, minus the ones the cache owns
     (Age, Cache-Status, hop-by-hop, surrogate keys), ready to send with only Age and
     Cache-Status appended. The timing fields are wall-clock seconds (time.time()).
+
+    Held a million times over in RAM, so what rarely differs between responses (the stale
+    allowances, no-cache, must-revalidate, Vary) is one shared `_Policy`, read through
+    properties; `request_time` only serves to derive `initial_age`, so it is not kept.
     """
 
     status: int
     headers: list[tuple[bytes, bytes]]
     body: bytes
-    request_time: float
     response_time: float
     # Derived once by tiercache_mw.http when the response is stored, so a hit only compares.
-    freshness_lifetime: float = 0.0
-    initial_age: float = 0.0  # corrected_initial_age of RFC 9111 §4.2.3 at response_time
-    stale_while_revalidate: float = 0.0
-    stale_if_error: float = 0.0
-    requires_validation: bool = False  # no-cache (unqualified) on the response
-    must_revalidate: bool = False  # must-revalidate / proxy-revalidate / s-maxage
-    etag: bytes | None = None
-    last_modified: bytes | None = None
-    vary: tuple[str, ...] = ()  # lowercased field names from Vary, "*" included
-    extra: Mapping[str, Any] = field(default_factory=lambda: NO_EXTRA)  # shared, not copied
+    freshness_lifetime: float
+    initial_age: float  # corrected_initial_age of RFC 9111 §4.2.3 at response_time
+    etag: bytes | None
+    last_modified: bytes | None
+    extra: Mapping[str, Any]  # shared, not copied
+    _policy: _Policy = field(repr=False)
     # tiercache_mw.hot's memos, process-local and never encoded: the Age and Cache-Status
     # fields of the last hot hit, and the headers as WSGI's str pairs. Not init fields,
     # so dataclasses.replace (a freshened copy) starts without them.
-    hit_memo: HitMemo | None = field(default=None, init=False, repr=False)
-    native_headers: list[tuple[str, str]] | None = field(default=None, init=False, repr=False)
+    hit_memo: HitMemo | None = field(init=False, repr=False)
+    native_headers: list[tuple[str, str]] | None = field(init=False, repr=False)
+
+    def __init__(
+        self,
+        status: int,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        request_time: float | None = None,
+        *,
+        response_time: float,
+        freshness_lifetime: float = 0.0,
+        initial_age: float = 0.0,
+        stale_while_revalidate: float = 0.0,
+        stale_if_error: float = 0.0,
+        requires_validation: bool = False,  # no-cache (unqualified) on the response
+        must_revalidate: bool = False,  # must-revalidate / proxy-revalidate / s-maxage
+        etag: bytes | None = None,
+        last_modified: bytes | None = None,
+        vary: tuple[str, ...] = (),  # lowercased field names from Vary, "*" included
+        extra: Mapping[str, Any] = NO_EXTRA,
+        _policy: _Policy | None = None,
+    ) -> None:
+        """`_policy` is how dataclasses.replace hands the rules of the copied response over;
+        with it, the five policy arguments are ignored."""
+        del request_time
+        self.status = status
+        self.headers = headers
+        self.body = body
+        self.response_time = response_time
+        self.freshness_lifetime = _shared(freshness_lifetime)  # max-age values repeat
+        self.initial_age = initial_age
+        self.etag = etag
+        self.last_modified = last_modified
+        self.extra = extra
+        if _policy is None:
+            _policy = _Policy(
+                stale_while_revalidate, stale_if_error, requires_validation, must_revalidate, vary
+            )
+        self._policy = _shared(_policy)
+        self.hit_memo = None
+        self.native_headers = None
+
+    @property
+    def stale_while_revalidate(self) -> float:
+        return self._policy.stale_while_revalidate
+
+    @property
+    def stale_if_error(self) -> float:
+        return self._policy.stale_if_error
+
+    @property
+    def requires_validation(self) -> bool:
+        return self._policy.requires_validation
+
+    @property
+    def must_revalidate(self) -> bool:
+        return self._policy.must_revalidate
+
+    @property
+    def vary(self) -> tuple[str, ...]:
+        return self._policy.vary
 
     @property
     def payload_bytes(self) -> int:
