@@ -236,6 +236,7 @@ class CacheMiddleware:
         self, exchange: Exchange, scope: Scope, receive: Receive, send: Send
     ) -> None:
         engine = self.engine
+        client_scope = scope
         if exchange.forward_headers is not None:
             scope = {**scope, "headers": exchange.forward_headers}
         max_bytes = engine.http.max_entry_bytes
@@ -257,6 +258,8 @@ class CacheMiddleware:
                 for url in engine.invalidations(exchange, response_status, response_headers):
                     await self.cache.purge(url=url)
                 decision = engine.on_response(exchange, response_status, response_headers)
+                if decision.plan is ResponsePlan.RETRY:
+                    return  # the app is asked again once it has finished this response
                 if decision.plan is ResponsePlan.SERVE_STORED:
                     assert decision.reply is not None
                     await _send_reply(send, decision.reply)
@@ -264,7 +267,7 @@ class CacheMiddleware:
                 storing = decision.plan is ResponsePlan.STORE
                 await send({**message, "headers": decision.headers})
             elif kind == "http.response.body":
-                if decision is not None and decision.plan is ResponsePlan.SERVE_STORED:
+                if decision is not None and decision.plan in _REPLACED:
                     return  # the app's answer was replaced; drain it quietly
                 if storing:
                     chunk = message.get("body", b"")
@@ -282,7 +285,7 @@ class CacheMiddleware:
                 await send(message)
             else:
                 storing = False  # trailers or pathsend: not a body we can keep whole
-                if decision is None or decision.plan is not ResponsePlan.SERVE_STORED:
+                if decision is None or decision.plan not in _REPLACED:
                     await send(message)
 
         exchange.request_time = self.engine.clock()
@@ -297,6 +300,9 @@ class CacheMiddleware:
             logger.warning("app raised; served stale for %s", exchange.url, exc_info=True)
             await _send_reply(send, reply)
             return
+        if decision is not None and decision.plan is ResponsePlan.RETRY:
+            # A GET or HEAD: its (empty) body was read by the first call, so it is replayed.
+            await self._forward(exchange, client_scope, _empty_body_then(receive), send)
 
     # ---- stale-while-revalidate --------------------------------------------------------------
     def _refresh_in_background(self, exchange: Exchange, scope: Scope) -> None:
@@ -329,6 +335,25 @@ class CacheMiddleware:
             logger.warning("background refresh failed for %s", exchange.url, exc_info=True)
         finally:
             self._refreshing.discard(exchange.key)
+
+
+# Plans under which the app's response never reaches the client.
+_REPLACED = frozenset({ResponsePlan.SERVE_STORED, ResponsePlan.RETRY})
+
+
+def _empty_body_then(receive: Receive) -> Receive:
+    """`receive` for a second call to the app: the empty request body again, then the
+    client's own messages (its disconnect)."""
+    replayed = False
+
+    async def replay() -> Message:
+        nonlocal replayed
+        if not replayed:
+            replayed = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        return await receive()
+
+    return replay
 
 
 async def _send_reply(send: Send, reply: Reply) -> None:

@@ -205,9 +205,9 @@ class WSGICacheMiddleware:
         *,
         on_done: Callable[[], None] | None = None,
     ) -> Iterable[bytes]:
+        forward = _Forward(self, exchange, environ, start_response, on_done)
         if exchange.forward_headers is not None:
             environ = _with_validators(environ, exchange.forward_headers)
-        forward = _Forward(self, exchange, start_response, on_done)
         exchange.request_time = self.engine.clock()
         try:
             result = self.app(environ, forward.start_response)
@@ -254,11 +254,14 @@ class _Forward:
         self,
         middleware: WSGICacheMiddleware,
         exchange: Exchange,
+        environ: WSGIEnviron,
         start_response: StartResponse,
         on_done: Callable[[], None] | None,
     ) -> None:
         self.middleware = middleware
         self.exchange = exchange
+        self.environ = environ  # the client's, for a retry
+        self.result_closed = False
         self.client_start_response = start_response
         self.on_done = on_done
         self.decision: ResponseDecision | None = None
@@ -282,7 +285,7 @@ class _Forward:
         for url in engine.invalidations(self.exchange, self.status, self.headers):
             self.middleware.cache.purge_sync(url=url)
         self.decision = engine.on_response(self.exchange, self.status, self.headers)
-        if self.decision.plan is ResponsePlan.SERVE_STORED:
+        if self.decision.plan in _REPLACED:
             return _refuse_write
         return self.client_start_response(status_line, _native(self.decision.headers), exc_info)
 
@@ -302,6 +305,12 @@ class _Forward:
                 assert decision.reply is not None
                 middleware._send(self.client_start_response, decision.reply)
                 yield decision.reply.body
+                return
+            if decision.plan is ResponsePlan.RETRY:
+                self._close(result)  # before the app is called again
+                # A GET or HEAD: its (empty) body was read by the first call.
+                environ = {**self.environ, "wsgi.input": io.BytesIO(b""), "CONTENT_LENGTH": "0"}
+                yield from middleware._forward(self.exchange, environ, self.client_start_response)
                 return
             storing = decision.plan is ResponsePlan.STORE
             # While storing, one chunk is held back so that the entry is stored before the
@@ -329,10 +338,16 @@ class _Forward:
             if held is not None:
                 yield held
         finally:
-            close = getattr(result, "close", None)
-            if close is not None:
-                close()
+            self._close(result)
             self.release()
+
+    def _close(self, result: Iterable[bytes]) -> None:
+        if self.result_closed:
+            return
+        self.result_closed = True
+        close = getattr(result, "close", None)
+        if close is not None:
+            close()
 
     def _first_chunk(self, iterator: Iterator[bytes]) -> bytes | None:
         """Pull the first chunk: apps may call start_response only when first iterated."""
@@ -340,6 +355,10 @@ class _Forward:
             return next(iterator)
         except StopIteration:
             return None
+
+
+# Plans under which the app's response never reaches the client.
+_REPLACED = frozenset({ResponsePlan.SERVE_STORED, ResponsePlan.RETRY})
 
 
 def _chain(first: bytes | None, rest: Iterator[bytes]) -> Iterator[bytes]:

@@ -11,10 +11,6 @@ from tests.rfc.origin import Answer, Harness, is_hit, status_of
 from tiercache_mw import TierCache, WSGICacheMiddleware
 from tiercache_mw.wsgi import StartResponse, WSGIEnviron
 
-# The adapters call the app again on ResponsePlan.RETRY once the lead's asgi.py/wsgi.py change
-# lands (see docs/http-semantics.md); until then they forward the 304, and these fail.
-needs_adapter_retry = pytest.mark.xfail(strict=True, reason="adapters do not retry yet")
-
 
 def versioned(version: str, max_age: int = 10) -> Answer:
     return Answer(
@@ -188,7 +184,6 @@ def _changed_behind_an_ims_only_check(request: dict[str, str]) -> Answer:
     return Answer(headers={"cache-control": "max-age=100", "etag": '"v2"'}, body=b"body v2")
 
 
-@needs_adapter_retry
 @pytest.mark.parametrize("client_fields", [{}, {"if_none_match": '"v1"'}])
 async def test_304_for_another_representation_is_retried_unconditionally(
     cache: Harness, client_fields: dict[str, str]
@@ -213,7 +208,6 @@ async def test_304_for_another_representation_is_retried_unconditionally(
     assert again.content == b"body v2"
 
 
-@needs_adapter_retry
 async def test_head_validation_answered_for_another_representation_is_retried(
     cache: Harness,
 ) -> None:
@@ -268,7 +262,6 @@ async def test_304_to_the_clients_own_condition_reaches_it_but_updates_nothing(
     assert after.content == b"new"
 
 
-@needs_adapter_retry
 def test_wsgi_retries_a_304_for_another_representation(tmp_path: Path) -> None:
     """The WSGI adapter follows the same §4.3.4 retry as the ASGI one."""
     asked: list[str | None] = []
