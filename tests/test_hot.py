@@ -78,6 +78,37 @@ async def test_age_and_ttl_move_on_between_hits_in_different_seconds(harness: Ha
     assert "ttl=95" in status_of(second)
 
 
+async def test_hot_fields_match_the_full_path_at_fractional_clock_readings(
+    harness: Harness,
+) -> None:
+    """The hot path reuses its Age/Cache-Status fields over a window of clock readings: at
+    every reading, inside a second or across one, they must be the full path's."""
+    harness.script("/frac", Answer(headers={"cache-control": "max-age=3"}))
+    await harness.get("/frac")
+    harness.clock.advance(0.25)
+    for step in (0.0, 0.5, 0.24, 0.02, 0.73, 0.26, 0.99):
+        harness.clock.advance(step)
+        harness.middleware.hot.enabled = True
+        hot = await harness.get("/frac")
+        harness.middleware.hot.enabled = False
+        full = await harness.get("/frac")
+        assert comparable(hot) == comparable(full), harness.clock.now
+        assert "detail=hot" in status_of(hot)
+    harness.clock.advance(0.01)  # 3.0 s old: stale, so never answered by the hot path
+    harness.middleware.hot.enabled = True
+    assert "detail=hot" not in status_of(await harness.get("/frac"))
+    assert harness.origin.calls["/frac"] == 2
+
+
+async def test_a_clock_stepping_back_never_gives_a_negative_age(harness: Harness) -> None:
+    harness.script("/back", FRESH)
+    await harness.get("/back")
+    await harness.get("/back")
+    harness.clock.advance(-5)
+    response = await harness.get("/back")
+    assert response.headers["age"] == "0"
+
+
 async def test_wsgi_hot_hit_sends_the_headers_of_a_freshened_entry(harness: Harness) -> None:
     """A 304 replaces the stored headers (§4.3.4): the WSGI str headers must follow."""
     wsgi = WSGICacheMiddleware(lambda environ, start: [], cache=harness.cache)

@@ -9,7 +9,7 @@ same answer (tests/test_hot.py holds the two paths to that).
 
 from __future__ import annotations
 
-from tiercache_mw.engine import HttpCache, Reply
+from tiercache_mw.engine import HttpCache
 from tiercache_mw.http.cache_status import cache_status
 from tiercache_mw.store.entry import HitMemo, StoredResponse
 
@@ -48,19 +48,9 @@ class HotPath:
         # Cache-Status key= needs the full path's Exchange; debugging is not the hot path.
         self.enabled = not engine.http.debug_key
 
-    def reply(self, key: str, head: bool) -> Reply | None:
-        """The answer for a plain GET (or HEAD) of `key`, or None for the full path."""
-        found = self._fresh(key)
-        if found is None:
-            return None
-        stored, memo = found
-        # A new list per reply: middleware further out may edit the headers in place.
-        headers = stored.headers + list(memo[3])
-        return Reply(stored.status, headers, _EMPTY if head else stored.body)
-
     def reply_native(self, key: str, head: bool) -> NativeReply | None:
-        """`reply` with WSGI's str headers (decoded once per entry, not per hit)."""
-        found = self._fresh(key)
+        """The answer in WSGI's terms (str headers decoded once per entry, not per hit)."""
+        found = self.fresh(key)
         if found is None:
             return None
         stored, memo = found
@@ -69,33 +59,56 @@ class HotPath:
             native = stored.native_headers = [
                 (name.decode("latin-1"), value.decode("latin-1")) for name, value in stored.headers
             ]
-        return stored.status, native + list(memo[4]), _EMPTY if head else stored.body
+        return stored.status, native + memo[4], _EMPTY if head else stored.body
 
-    def _fresh(self, key: str) -> tuple[StoredResponse, HitMemo] | None:
+    def fresh(self, key: str) -> tuple[StoredResponse, HitMemo] | None:
+        """The stored response under `key` and its Age/Cache-Status fields for this second,
+        if it may be served without validation; None sends the request down the full path.
+
+        A reply's headers are `stored.headers + memo[3]` (bytes) or `native + memo[4]` (str):
+        always a new list, as middleware further out may edit the headers in place.
+        """
         entry = self._get_hot(key)
         if entry is None:
             return None
         stored = entry.value
         # A Vary marker or a key/value entry under this key: the full path knows what to do.
-        if type(stored) is not StoredResponse or stored.requires_validation:
+        if type(stored) is not StoredResponse:
             return None
-        # http.freshness.current_age, inlined: one call less on every hit.
-        age = stored.initial_age + (self._engine.clock() - stored.response_time)
+        now = self._engine.clock()
+        memo = stored.hit_memo
+        # Within the memo's window neither whole Age nor whole ttl has moved, and the window
+        # ends no later than the response's freshness: one comparison stands for both checks.
+        if memo is not None and memo[0] <= now < memo[1] and memo[2] is self:
+            return stored, memo
+        return self._remember(stored, now)
+
+    def _remember(
+        self, stored: StoredResponse, now: float
+    ) -> tuple[StoredResponse, HitMemo] | None:
+        """`fresh` the long way: freshness checked and the hit fields built, about once a
+        second per entry."""
+        if stored.requires_validation:
+            return None
+        # http.freshness.current_age, inlined: no call for the clock the engine already read.
+        age = stored.initial_age + (now - stored.response_time)
         ttl = stored.freshness_lifetime - age
         if ttl <= 0:
             return None
         whole_age, whole_ttl = int(age), int(ttl)
-        memo = stored.hit_memo
-        if memo is None or memo[0] != whole_age or memo[1] != whole_ttl or memo[2] is not self:
-            age_value = str(whole_age).encode()
-            status_value = cache_status(self._engine.name, hit=True, ttl=whole_ttl, detail="hot")
-            # Many hits land in the same second: they share these fields. Tuples are
-            # immutable, so sharing them between responses is safe.
-            memo = stored.hit_memo = (
-                whole_age,
-                whole_ttl,
-                self,
-                ((_AGE, age_value), (_CACHE_STATUS, status_value)),
-                (("age", age_value.decode()), ("cache-status", status_value.decode("latin-1"))),
-            )
+        # The span of `now` around this one over which int(age) and int(ttl) keep their
+        # values; it ends when ttl reaches whole_ttl, which is at or before ttl reaches 0.
+        valid_from = now - min(age - whole_age, whole_ttl + 1 - ttl)
+        valid_until = now + min(whole_age + 1 - age, ttl - whole_ttl)
+        age_value = str(max(0, whole_age)).encode()
+        status_value = cache_status(self._engine.name, hit=True, ttl=whole_ttl, detail="hot")
+        # Many hits land in the same second: they share these fields. The lists are only
+        # ever concatenated onto, never handed out, and the pairs are immutable tuples.
+        memo = stored.hit_memo = (
+            valid_from,
+            valid_until,
+            self,
+            [(_AGE, age_value), (_CACHE_STATUS, status_value)],
+            [("age", age_value.decode()), ("cache-status", status_value.decode("latin-1"))],
+        )
         return stored, memo

@@ -41,9 +41,9 @@ WSGIApp = Callable[[WSGIEnviron, StartResponse], Iterable[bytes]]
 
 _HEADER_ENVIRON = {"CONTENT_TYPE": b"content-type", "CONTENT_LENGTH": b"content-length"}
 _CONDITIONAL_ENVIRON = ("HTTP_IF_NONE_MATCH", "HTTP_IF_MODIFIED_SINCE")
-_FULL_PATH_VARIABLES = tuple(
+_FULL_PATH_VARIABLES = frozenset(
     "HTTP_" + name.decode("latin-1").upper().replace("-", "_")
-    for name in sorted(REQUEST_FIELDS_NEEDING_THE_FULL_PATH)
+    for name in REQUEST_FIELDS_NEEDING_THE_FULL_PATH
 )
 
 
@@ -90,16 +90,44 @@ def request_view(environ: WSGIEnviron) -> RequestView:
 
 def hot_key(environ: WSGIEnviron) -> str | None:
     """The primary key of a plain GET/HEAD, or None when the request needs the full path."""
-    for variable in _FULL_PATH_VARIABLES:
-        if variable in environ:
-            return None
-    return primary_key(
+    # A keys view tests the seven names against the environ in C, not the other way round.
+    if not environ.keys().isdisjoint(_FULL_PATH_VARIABLES):
+        return None
+    request_line = (
         environ["REQUEST_METHOD"],
         environ.get("wsgi.url_scheme", "http"),
-        _host(environ),
-        _raw_path(environ),
+        environ.get("HTTP_HOST"),
+        environ.get("SERVER_NAME"),
+        environ.get("SERVER_PORT"),
+        environ.get("RAW_URI") or environ.get("REQUEST_URI"),
+        environ.get("SCRIPT_NAME", ""),
+        environ.get("PATH_INFO", ""),
         environ.get("QUERY_STRING", ""),
     )
+    key = _keys.get(request_line)
+    if key is None:
+        key = _remember_key(request_line, environ)
+    return key
+
+
+# Primary keys by the environ values they are made of: a repeated request skips the quoting
+# and query normalising. Cleared when full, which is cheaper per hit than an LRU.
+_keys: dict[tuple[Any, ...], str] = {}
+KEY_MEMO_MAX = 16384
+
+
+def _remember_key(request_line: tuple[Any, ...], environ: WSGIEnviron) -> str:
+    key = primary_key(
+        request_line[0],
+        request_line[1],
+        _host(environ),
+        _raw_path(environ),
+        request_line[-1],
+    )
+    if len(_keys) >= KEY_MEMO_MAX:
+        _keys.clear()
+    _keys[request_line] = key
+    return key
 
 
 def _native(headers: list[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
