@@ -15,7 +15,12 @@ import pytest
 
 from tiercache_mw.config import Config, TierConfig, TrackingConfig, TtlRule
 from tiercache_mw.store.cache import TierCache
-from tiercache_mw.store.entry import ENTRY_OVERHEAD_BYTES, Entry, Residency
+from tiercache_mw.store.entry import (
+    ENTRY_OVERHEAD_BYTES,
+    RESPONSE_OVERHEAD_BYTES,
+    Entry,
+    Residency,
+)
 from tiercache_mw.store.local import LocalTier
 from tiercache_mw.store.loop import OnLoopThreadError
 
@@ -644,7 +649,7 @@ def test_entries_share_repeated_headers_and_their_residency(tmp_path: Path) -> N
     assert one.value.extra == {}
     assert one.value.extra is two.value.extra
     # A pair kept in the intern table costs a list slot, not its characters again.
-    assert one.size == 2 + 8 + 8 + ENTRY_OVERHEAD_BYTES
+    assert one.size == 2 + 8 + 8 + RESPONSE_OVERHEAD_BYTES + ENTRY_OVERHEAD_BYTES
 
 
 async def test_a_put_during_a_slow_lookup_is_not_overwritten_by_the_older_copy(

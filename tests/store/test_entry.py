@@ -8,6 +8,7 @@ import pytest
 from tiercache_mw.store.codec import decode_entry, encode_entry
 from tiercache_mw.store.entry import (
     ENTRY_OVERHEAD_BYTES,
+    RESPONSE_OVERHEAD_BYTES,
     Entry,
     Residency,
     StoredResponse,
@@ -49,7 +50,7 @@ def test_a_plain_url_tag_costs_no_object_per_entry() -> None:
 def test_size_is_derived_for_bytes_and_responses() -> None:
     response = StoredResponse(200, intern_headers([(b"x-a", b"1")]), b"body", response_time=1.0)
     assert Entry("r", response, (), RESIDENCY).size == response.payload_bytes + (
-        ENTRY_OVERHEAD_BYTES
+        RESPONSE_OVERHEAD_BYTES + ENTRY_OVERHEAD_BYTES
     )
     assert Entry("b", b"12345", (), RESIDENCY).size == 5 + ENTRY_OVERHEAD_BYTES
 

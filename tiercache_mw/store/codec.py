@@ -6,6 +6,7 @@ The first element is a format version so that an old or foreign blob is a miss, 
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import msgpack
@@ -18,6 +19,12 @@ FORMAT_VERSION = 1
 _KIND_VALUE = 0  # msgpack-able Python value (None included)
 _KIND_BYTES = 1
 _KIND_RESPONSE = 2
+
+
+@functools.lru_cache(maxsize=1024)
+def _residency(hot: float | None, cold: float | None, dry: float | None) -> Residency:
+    """Entries read back under one rule share one Residency, as in `TierCache.residency_for`."""
+    return Residency(hot, cold, dry)
 
 
 class CodecError(ValueError):
@@ -116,7 +123,7 @@ def decode_entry(data: bytes) -> Entry:
             key=str(key),
             value=value,
             tags=tuple((str(name), str(tag)) for name, tag in tags),
-            residency=Residency(hot, cold, dry),
+            residency=_residency(hot, cold, dry),
             # Bytes and responses are sized afresh: the stored size is the writer's estimate.
             size=None if kind != _KIND_VALUE else int(size),
             last_used=float(last_used),

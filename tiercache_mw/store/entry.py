@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 __all__ = [
     "ENTRY_OVERHEAD_BYTES",
     "NO_EXTRA",
+    "RESPONSE_OVERHEAD_BYTES",
     "URL_TAG",
     "Entry",
     "HitMemo",
@@ -33,12 +34,14 @@ Tags = tuple[tuple[str, str], ...]
 URL_TAG = "url"  # the tag tiercache_mw.engine puts on every HTTP entry
 
 # What one RAM entry costs beyond its payload bytes: the Entry (which carries the SIEVE links
-# and the tier's residency), StoredResponse and header list objects, the key string, the
-# body's object header, last use as a float and the tier's index slot. Measured with
-# tracemalloc on CPython 3.11 (tests/bench memory: 574 B traced for a 64-byte body, three
-# shared headers and a 27-character URL key); budgets count it so that `max_size_gb` holds
-# for real memory, not just payload.
-ENTRY_OVERHEAD_BYTES = 486
+# and the tier's residency), the key string, the value's object header, last use as a float
+# and the tier's index slot; a StoredResponse value adds its own object and header list.
+# Measured with tracemalloc on CPython 3.11 (tests/bench memory, 200,000 entries with a
+# 27-character URL key: 358 B traced for a 64-byte bytes value, 574 B for a response with a
+# 64-byte body and three shared headers); budgets count them so that `max_size_gb` holds for
+# real memory, not just payload.
+ENTRY_OVERHEAD_BYTES = 294
+RESPONSE_OVERHEAD_BYTES = 192
 # Each stored header costs a 2-tuple and two bytes objects beyond its characters, or only
 # a list slot when its (name, value) pair is shared (see `intern_headers`).
 HEADER_OVERHEAD_BYTES = 130
@@ -248,7 +251,7 @@ def _compact_tags(key: str, tags: Tags) -> Tags:
 def _derived_size(value: Any) -> int | None:
     """What an entry holding `value` is accounted for, when the value alone says it."""
     if isinstance(value, StoredResponse):
-        return value.payload_bytes + ENTRY_OVERHEAD_BYTES
+        return value.payload_bytes + RESPONSE_OVERHEAD_BYTES + ENTRY_OVERHEAD_BYTES
     if isinstance(value, bytes):
         return len(value) + ENTRY_OVERHEAD_BYTES
     return None
@@ -275,9 +278,10 @@ class Entry:
         created_at: float | None = None,
         last_used: float = 0.0,
     ) -> None:
-        """`size` is what a RAM budget counts (payload + ENTRY_OVERHEAD_BYTES); None derives
-        it from bytes and StoredResponse values. `created_at` is accepted from callers of the
-        old signature and not kept: nothing read it, and a float per entry costs 32 B."""
+        """`size` is what a RAM budget counts (payload and overheads, see
+        ENTRY_OVERHEAD_BYTES); None derives it from bytes and StoredResponse values.
+        `created_at` is accepted from callers of the old signature and not kept: nothing
+        read it, and a float per entry costs 32 B."""
         del created_at
         self.key = key
         self.value = value
