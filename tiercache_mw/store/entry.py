@@ -113,18 +113,20 @@ class _Policy:
 
 
 # Bounded like the header table: once full, new values are kept as they are, never evicted.
+# One table per kind, so that unique heuristic lifetimes cannot crowd the policies out.
 SHARED_VALUES_MAX = 4096
-_shared_values: dict[Any, Any] = {}
+_policies: dict[_Policy, _Policy] = {}
+_lifetimes: dict[float, float] = {}
 
 
-def _shared(value: T) -> T:
-    """One object for equal immutable values (policies, lifetimes) across responses."""
-    found: T | None = _shared_values.get(value)
+def _shared(value: T, table: dict[T, T]) -> T:
+    """One object for equal immutable values across responses."""
+    found = table.get(value)
     if found is not None:
         return found
-    if len(_shared_values) >= SHARED_VALUES_MAX:
+    if len(table) >= SHARED_VALUES_MAX:
         return value
-    return _shared_values.setdefault(value, value)  # type: ignore[no-any-return]
+    return table.setdefault(value, value)
 
 
 @dataclass(slots=True, eq=False, init=False)
@@ -184,7 +186,7 @@ class StoredResponse:
         self.headers = headers
         self.body = body
         self.response_time = response_time
-        self.freshness_lifetime = _shared(freshness_lifetime)  # max-age values repeat
+        self.freshness_lifetime = _shared(freshness_lifetime, _lifetimes)  # max-age repeats
         self.initial_age = initial_age
         self.etag = etag
         self.last_modified = last_modified
@@ -193,7 +195,7 @@ class StoredResponse:
             _policy = _Policy(
                 stale_while_revalidate, stale_if_error, requires_validation, must_revalidate, vary
             )
-        self._policy = _shared(_policy)
+        self._policy = _shared(_policy, _policies)
         self.hit_memo = None
         self.native_headers = None
 
