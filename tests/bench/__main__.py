@@ -34,7 +34,8 @@ ANALYSIS = Path(__file__).with_name("analysis.md")  # hand-written findings appe
 @dataclass(frozen=True)
 class Settings:
     plan: inprocess.Plan
-    server_seconds: float
+    server_seconds: float  # load per subject, in all
+    server_rounds: int  # ... split into this many rounds alternating with the other subjects
     server_subjects: tuple[str, ...] | None  # None: every spec marked server
     memory_entries: int
     budget_writes: int
@@ -50,14 +51,14 @@ class Settings:
 FULL = Settings(
     plan=inprocess.Plan(rounds=11, round_seconds=0.08, min_calls=200, max_calls=200_000,
                         per_call_max=300),
-    server_seconds=5, server_subjects=None, memory_entries=1_000_000, budget_writes=60_000,
-    budget_every=500, hot_max=2 * 1024**2, cold_max=8 * 1024**2, eviction_keys=100_000,
-    eviction_requests=1_000_000, dry_seconds=3.0, profile_calls=50_000,
+    server_seconds=5, server_rounds=5, server_subjects=None, memory_entries=1_000_000,
+    budget_writes=60_000, budget_every=500, hot_max=2 * 1024**2, cold_max=8 * 1024**2,
+    eviction_keys=100_000, eviction_requests=1_000_000, dry_seconds=3.0, profile_calls=50_000,
 )  # fmt: skip
 SMOKE = Settings(
     plan=inprocess.Plan(rounds=3, round_seconds=0.002, min_calls=100, max_calls=200,
                         per_call_max=60),
-    server_seconds=1,
+    server_seconds=2, server_rounds=2,  # wrk runs whole seconds: two rounds is the least
     server_subjects=("raw-asgi", "tiercache-hot-asgi", "raw-wsgi", "tiercache-hot-wsgi"),
     memory_entries=5_000, budget_writes=2_000, budget_every=100, hot_max=256 * 1024,
     cold_max=512 * 1024, eviction_keys=2_000, eviction_requests=20_000, dry_seconds=0.3,
@@ -124,12 +125,11 @@ def run_suite(settings: Settings, *, smoke: bool, with_servers: bool, command: s
             wanted = settings.server_subjects
             chosen = [s for s in SPECS if s.server and (wanted is None or s.name in wanted)]
             _log(f"under servers ({servers.load_tool()}):")
-            for spec in chosen:
-                load = partial(
-                    servers.run_server_specs, [spec], tmp, seconds=settings.server_seconds,
-                    log=_log,
-                )  # fmt: skip
-                run.servers.extend(_part(run, f"{spec.name} server", load) or [])
+            load = partial(
+                servers.run_server_specs, chosen, tmp, seconds=settings.server_seconds,
+                rounds=settings.server_rounds, log=_log, skipped=run.skipped,
+            )  # fmt: skip
+            run.servers.extend(_part(run, "servers", load) or [])
         else:
             run.skipped.append("servers: --no-servers")
         memory = partial(store.measure_memory, settings.memory_entries, tmp)

@@ -1,9 +1,16 @@
-"""In-process timing: call each app directly with a prebuilt scope or environ, the way a server
-would, many times; report the median over rounds of the mean time per request.
+"""In-process timing: call each app with a prebuilt scope or environ, the way a server would,
+many times; report the median over rounds of the mean time per request.
 
-Every measured response is checked after its round (status, body, Cache-Status, whether the
-app behind the cache was reached), so a number in the table is always for what its label says.
-The garbage collector stays on: per-request allocations cost their share of collections.
+ASGI apps are timed in two modes, alternating round by round on one uvloop event loop:
+"direct" awaits `app(scope, receive, send)` in a loop, so no event-loop iteration happens unless
+the app itself waits; "task" runs each request as uvicorn does, in a new task awaited before the
+next one, so every request pays the loop's scheduling as it does under a server.
+
+The responses land in a bounded window, like a server that writes each message and drops it:
+nothing accumulates over a round to be scanned by the garbage collector, which stays on, so
+per-request allocations cost their share of collections and no more. After each round every
+response in the window is checked (status, body, Cache-Status) and the app's call counter says
+whether the app behind the cache was reached, so a number is always for what its label says.
 """
 
 from __future__ import annotations
@@ -14,18 +21,32 @@ import io
 import json
 import statistics
 import time
-from collections.abc import Awaitable, Callable
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import uvloop
+
 from tests.bench import subjects as s
 from tests.bench.suite import Spec
 
-__all__ = ["InProcessResult", "Plan", "run_asgi_specs", "run_wsgi_specs"]
+__all__ = [
+    "ASGI_MODES",
+    "WINDOW",
+    "InProcessResult",
+    "Plan",
+    "run_asgi_specs",
+    "run_wsgi_specs",
+]
 
 HOST = b"bench.local"
 SETTLE_TIMEOUT = 10.0
+# ASGI messages / WSGI responses kept for the checks: a dozen responses or more, few enough
+# that the sink never grows with the round.
+WINDOW = 32
+ASGI_MODES = ("direct", "task")
 
 
 @dataclass(frozen=True)
@@ -47,6 +68,7 @@ class InProcessResult:
     us_min: float  # fastest round
     spread: float  # (slowest - fastest) / median over rounds
     calls: int  # measured calls in total
+    mode: str = "direct"  # one of ASGI_MODES; WSGI apps are always called directly
 
 
 class BenchCheckError(AssertionError):
@@ -94,7 +116,12 @@ def wsgi_environ(path: str) -> dict[str, Any]:
 
 
 # ---- checks ---------------------------------------------------------------------------------
-def _check(spec: Spec, responses: list[tuple[int, dict[bytes, bytes], bytes]], calls: int) -> None:
+Response = tuple[int, dict[bytes, bytes], bytes]
+
+
+def _check(spec: Spec, responses: list[Response], calls: int, requests: int) -> None:
+    """`responses`: the last ones of the round; `calls`: how often the app behind the cache ran
+    during the round's `requests`."""
     if not responses:
         raise BenchCheckError(f"{spec.name}: no response captured")
     for status, headers, body in responses:
@@ -109,26 +136,31 @@ def _check(spec: Spec, responses: list[tuple[int, dict[bytes, bytes], bytes]], c
                     f"{spec.name}: Cache-Status {got!r} lacks {spec.cache_status!r}"
                 )
     if spec.behind is not None:
-        if spec.app_called and calls != len(responses):
-            raise BenchCheckError(f"{spec.name}: app ran {calls}x for {len(responses)} misses")
+        if spec.app_called and calls != requests:
+            raise BenchCheckError(f"{spec.name}: app ran {calls}x for {requests} misses")
         if not spec.app_called and calls:
             raise BenchCheckError(f"{spec.name}: app ran {calls}x during hits")
 
 
-def _asgi_responses(sink: list[dict[str, Any]]) -> list[tuple[int, dict[bytes, bytes], bytes]]:
-    out: list[tuple[int, dict[bytes, bytes], bytes]] = []
+def _asgi_responses(window: Iterable[dict[str, Any]]) -> list[Response]:
+    """The complete responses in a window of ASGI messages. A response whose start fell out of
+    the window is skipped; one left unfinished at the end of the round is an error."""
+    out: list[Response] = []
     status = 0
     headers: dict[bytes, bytes] = {}
-    parts: list[bytes] = []
-    for message in sink:
+    parts: list[bytes] | None = None  # None: outside a response
+    for message in window:
         if message["type"] == "http.response.start":
             status = message["status"]
             headers = {bytes(k).lower(): bytes(v) for k, v in message.get("headers", ())}
             parts = []
-        elif message["type"] == "http.response.body":
+        elif message["type"] == "http.response.body" and parts is not None:
             parts.append(message.get("body", b""))
             if not message.get("more_body", False):
                 out.append((status, headers, b"".join(parts)))
+                parts = None
+    if parts is not None:
+        raise BenchCheckError("the last response of the round was not finished")
     return out
 
 
@@ -140,7 +172,7 @@ def _round_sizes(plan: Plan, estimate_ns: float, per_call: bool, paths: int) -> 
     return max(paths, calls - calls % paths)
 
 
-def _summarise(spec: Spec, rounds_ns: list[float], calls: int) -> InProcessResult:
+def _summarise(spec: Spec, rounds_ns: list[float], calls: int, mode: str) -> InProcessResult:
     median = statistics.median(rounds_ns)
     return InProcessResult(
         spec=spec,
@@ -148,6 +180,7 @@ def _summarise(spec: Spec, rounds_ns: list[float], calls: int) -> InProcessResul
         us_min=min(rounds_ns) / 1000,
         spread=(max(rounds_ns) - min(rounds_ns)) / median if median else 0.0,
         calls=calls,
+        mode=mode,
     )
 
 
@@ -163,57 +196,71 @@ async def _settle(cache: Any) -> None:
     raise BenchCheckError("demotions still pending after warm-up")
 
 
-async def _measure_asgi(spec: Spec, app: Any, plan: Plan) -> InProcessResult:
-    sink: list[dict[str, Any]] = []
-    append = sink.append
+async def _measure_asgi(spec: Spec, app: Any, plan: Plan) -> list[InProcessResult]:
+    window: deque[dict[str, Any]] = deque(maxlen=WINDOW)
+    keep = window.append
 
     async def receive() -> dict[str, Any]:
         return {"type": "http.request", "body": b"", "more_body": False}
 
     async def send(message: dict[str, Any]) -> None:
-        append(message)
+        keep(message)
 
     cache = getattr(app, "cache", None)
     for path in spec.warm:
         await app(asgi_scope(path), receive, send)
     if cache is not None:
         await _settle(cache)
-    _asgi_responses(sink)  # the warm-up answers are not checked: they are misses
-    sink.clear()
+    _asgi_responses(window)  # the warm-up answers are not checked: they are misses
+    window.clear()
     scopes = [asgi_scope(path) for path in spec.paths]
     flush: Callable[[], Awaitable[None]] | None = None
     if spec.flush is not None:
         assert cache is not None, f"{spec.name}: flushing needs a tiercache middleware"
         tier = spec.flush
         flush = lambda: cache.flush(tier=tier)  # noqa: E731
+    create_task = asyncio.get_running_loop().create_task
 
-    async def one_round(n: int) -> float:
+    async def one_round(n: int, mode: str) -> float:
         order = [scopes[i % len(scopes)] for i in range(n)]
+        task = mode == "task"
         if flush is None:
+            # Two loops rather than a test per request: the mode must cost nothing itself.
             t0 = time.perf_counter_ns()
-            for scope in order:
-                await app(scope.copy(), receive, send)
+            if task:
+                for scope in order:
+                    await create_task(app(scope.copy(), receive, send))
+            else:
+                for scope in order:
+                    await app(scope.copy(), receive, send)
             return (time.perf_counter_ns() - t0) / n
         total = 0
         for scope in order:
             await flush()
             t0 = time.perf_counter_ns()
-            await app(scope.copy(), receive, send)
+            if task:
+                await create_task(app(scope.copy(), receive, send))
+            else:
+                await app(scope.copy(), receive, send)
             total += time.perf_counter_ns() - t0
         return total / n
 
-    estimate = await one_round(len(scopes) * 25)
-    sink.clear()
-    n = _round_sizes(plan, estimate, flush is not None, len(scopes))
-    rounds: list[float] = []
-    for _ in range(plan.rounds):
-        before = s.CALLS[spec.behind] if spec.behind else 0
-        gc.collect()
-        rounds.append(await one_round(n))
-        after = s.CALLS[spec.behind] if spec.behind else 0
-        _check(spec, _asgi_responses(sink), after - before)
-        sink.clear()
-    return _summarise(spec, rounds, n * plan.rounds)
+    sizes: dict[str, int] = {}
+    for mode in ASGI_MODES:
+        estimate = await one_round(len(scopes) * 25, mode)
+        sizes[mode] = _round_sizes(plan, estimate, flush is not None, len(scopes))
+    window.clear()
+    rounds: dict[str, list[float]] = {mode: [] for mode in ASGI_MODES}
+    for i in range(plan.rounds):
+        # Alternating the order cancels a drift in machine load between the two modes.
+        for mode in ASGI_MODES if i % 2 == 0 else ASGI_MODES[::-1]:
+            before = s.CALLS[spec.behind] if spec.behind else 0
+            gc.collect()
+            rounds[mode].append(await one_round(sizes[mode], mode))
+            after = s.CALLS[spec.behind] if spec.behind else 0
+            _check(spec, _asgi_responses(window), after - before, sizes[mode])
+            window.clear()
+    return [_summarise(spec, rounds[mode], sizes[mode] * plan.rounds, mode) for mode in ASGI_MODES]
 
 
 async def _run_asgi(
@@ -225,11 +272,11 @@ async def _run_asgi(
         workdir.mkdir(parents=True, exist_ok=True)
         app = spec.build(workdir)
         try:
-            result = await _measure_asgi(spec, app, plan)
+            measured = await _measure_asgi(spec, app, plan)
         finally:
             await _close_asgi(app)
-        log(f"  {spec.name:<22} {result.us:9.2f} µs/request")
-        results.append(result)
+        log(f"  {spec.name:<22} " + ", ".join(f"{r.us:9.2f} µs/request {r.mode}" for r in measured))
+        results.extend(measured)
     return results
 
 
@@ -245,7 +292,9 @@ async def _close_asgi(app: Any) -> None:
 def run_asgi_specs(
     specs: list[Spec], tmp: Path, plan: Plan, log: Callable[[str], None] = print
 ) -> list[InProcessResult]:
-    return asyncio.run(_run_asgi(specs, tmp, plan, log))
+    """Both modes of every spec, on uvloop: the loop uvicorn runs the apps on."""
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(_run_asgi(specs, tmp, plan, log))
 
 
 # ---- WSGI -------------------------------------------------------------------------------------
@@ -259,7 +308,8 @@ def _settle_sync(cache: Any) -> None:
 
 
 def _measure_wsgi(spec: Spec, app: Any, plan: Plan) -> InProcessResult:
-    sink: list[tuple[str, list[tuple[str, str]], bytes]] = []
+    window: deque[tuple[str, list[tuple[str, str]], bytes]] = deque(maxlen=WINDOW)
+    keep = window.append
     head: list[Any] = [None, None]
 
     def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
@@ -275,12 +325,12 @@ def _measure_wsgi(spec: Spec, app: Any, plan: Plan) -> InProcessResult:
             close = getattr(result, "close", None)
             if close is not None:
                 close()
-        sink.append((head[0], head[1], body))
+        keep((head[0], head[1], body))
 
-    def decoded() -> list[tuple[int, dict[bytes, bytes], bytes]]:
+    def decoded() -> list[Response]:
         return [
             (int(status.split(" ", 1)[0]), {k.lower().encode(): v.encode() for k, v in hs}, body)
-            for status, hs, body in sink
+            for status, hs, body in window
         ]
 
     cache = getattr(app, "cache", None)
@@ -288,7 +338,7 @@ def _measure_wsgi(spec: Spec, app: Any, plan: Plan) -> InProcessResult:
         call(wsgi_environ(path))
     if cache is not None:
         _settle_sync(cache)
-    sink.clear()
+    window.clear()
     environs = [wsgi_environ(path) for path in spec.paths]
     tier = spec.flush
 
@@ -309,7 +359,7 @@ def _measure_wsgi(spec: Spec, app: Any, plan: Plan) -> InProcessResult:
         return total / n
 
     estimate = one_round(len(environs) * 25)
-    sink.clear()
+    window.clear()
     n = _round_sizes(plan, estimate, tier is not None, len(environs))
     rounds: list[float] = []
     for _ in range(plan.rounds):
@@ -317,9 +367,9 @@ def _measure_wsgi(spec: Spec, app: Any, plan: Plan) -> InProcessResult:
         gc.collect()
         rounds.append(one_round(n))
         after = s.CALLS[spec.behind] if spec.behind else 0
-        _check(spec, decoded(), after - before)
-        sink.clear()
-    return _summarise(spec, rounds, n * plan.rounds)
+        _check(spec, decoded(), after - before, n)
+        window.clear()
+    return _summarise(spec, rounds, n * plan.rounds, "direct")
 
 
 def run_wsgi_specs(

@@ -8,12 +8,21 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
-from tests.bench.inprocess import InProcessResult
+from tests.bench.inprocess import ASGI_MODES, WINDOW, InProcessResult
 from tests.bench.servers import ServerResult
 from tests.bench.store import BudgetResult, DryLoadResult, EvictionResult, MemoryResult
 from tests.bench.suite import Spec
 
 __all__ = ["Run", "Target", "chart", "markdown", "summary", "targets"]
+
+# How each in-process mode calls an ASGI app, for the summary and the doc.
+MODE_NAMES = {"direct": "direct await", "task": "task per request"}
+MODE_HOW = {
+    "direct": "`await app(scope, receive, send)` in a loop, so the event loop runs no iteration "
+    "per request unless the app waits",
+    "task": "`await loop.create_task(app(scope, receive, send))` per request on uvloop, as uvicorn "
+    "runs a request, so every request pays the loop's scheduling",
+}
 
 PACKAGES = (
     "tiercache-mw", "starlette", "fastapi", "flask", "uvicorn", "uvloop", "httptools", "gunicorn",
@@ -74,16 +83,64 @@ def versions() -> str:
 
 
 # ---- derived figures -----------------------------------------------------------------------------
-def baselines(run: Run) -> dict[str, float]:
-    return {r.spec.kind: r.us for r in run.inprocess if r.spec.baseline}
+def baselines(run: Run) -> dict[tuple[str, str], float]:
+    """µs per request of the raw app, by (kind, mode)."""
+    return {(r.spec.kind, r.mode): r.us for r in run.inprocess if r.spec.baseline}
 
 
 def server_baselines(run: Run) -> dict[str, float]:
     return {r.spec.kind: r.rps for r in run.servers if r.spec.baseline}
 
 
-def _inproc(run: Run, name: str) -> InProcessResult | None:
-    return next((r for r in run.inprocess if r.spec.name == name), None)
+def _inproc(run: Run, name: str, mode: str = "direct") -> InProcessResult | None:
+    return next((r for r in run.inprocess if r.spec.name == name and r.mode == mode), None)
+
+
+def _ratio(run: Run, r: InProcessResult) -> float:
+    return r.us / baselines(run).get((r.spec.kind, r.mode), float("nan"))
+
+
+def _by_spec(run: Run) -> list[tuple[Spec, dict[str, InProcessResult]]]:
+    """The in-process results of each subject by mode, in the order measured."""
+    rows: dict[str, tuple[Spec, dict[str, InProcessResult]]] = {}
+    for r in run.inprocess:
+        rows.setdefault(r.spec.name, (r.spec, {}))[1][r.mode] = r
+    return list(rows.values())
+
+
+def _modes(kind: str) -> tuple[str, ...]:
+    return ASGI_MODES if kind == "asgi" else ("direct",)
+
+
+def _inproc_target(run: Run, kind: str) -> Target:
+    name = f"in-process {kind.upper()} hot hit"
+    base = baselines(run)
+    found = [
+        (mode, hot, base[(kind, mode)])
+        for mode in _modes(kind)
+        if (hot := _inproc(run, f"tiercache-hot-{kind}", mode)) is not None and (kind, mode) in base
+    ]
+    if not found:
+        return Target(name, "<= 3x raw", "-", None)
+    several = len(_modes(kind)) > 1
+    measured, verdicts = [], []
+    for mode, hot, raw in found:
+        ratio = hot.us / raw
+        label = f"{MODE_NAMES[mode]}: " if several else ""
+        measured.append(f"{label}{ratio:.1f}x ({hot.us:.2f} µs vs {raw:.2f} µs)")
+        if ratio > 3:
+            verdicts.append(f"{label}missed by {ratio / 3:.1f}x ({hot.us - 3 * raw:.2f} µs)")
+        elif several:
+            verdicts.append(f"{label}met")
+    return Target(
+        name,
+        f"<= 3x the raw constant {kind.upper()} app"
+        + (" called the same way, in both modes" if several else ""),
+        "; ".join(measured),
+        # Met only if it holds however the app is called: the direct-await ratio is not hidden.
+        all(hot.us <= 3 * raw for _, hot, raw in found) and len(found) == len(_modes(kind)),
+        "; ".join(verdicts),
+    )
 
 
 def _server(run: Run, name: str) -> ServerResult | None:
@@ -91,38 +148,32 @@ def _server(run: Run, name: str) -> ServerResult | None:
 
 
 def targets(run: Run) -> list[Target]:
-    out: list[Target] = []
-    base = baselines(run)
-    for kind in ("asgi", "wsgi"):
-        hot = _inproc(run, f"tiercache-hot-{kind}")
-        if hot is None or kind not in base:
-            out.append(Target(f"in-process {kind.upper()} hot hit", "<= 3x raw", "-", None))
-            continue
-        ratio = hot.us / base[kind]
-        out.append(
-            Target(
-                f"in-process {kind.upper()} hot hit",
-                f"<= 3x the raw constant {kind.upper()} app",
-                f"{ratio:.1f}x ({hot.us:.2f} µs vs {base[kind]:.2f} µs)",
-                ratio <= 3,
-                ""
-                if ratio <= 3
-                else f"missed by {ratio / 3:.1f}x ({hot.us - 3 * base[kind]:.2f} µs)",
-            )
-        )
+    out = [_inproc_target(run, kind) for kind in ("asgi", "wsgi")]
     hot_server = _server(run, "tiercache-hot-asgi")
-    raw_server = server_baselines(run).get("asgi")
+    raw_server = _server(run, "raw-asgi")
     if hot_server is None or raw_server is None:
         out.append(Target("uvicorn hot-hit throughput", ">= 90 % of raw", "-", None))
     else:
-        share = hot_server.rps / raw_server
+        share = hot_server.rps / raw_server.rps
+        paired = [h / r for h, r in zip(hot_server.rounds, raw_server.rounds, strict=False)]
+        spread = (
+            f"per-round ratios {min(paired):.0%} to {max(paired):.0%}; spread over rounds: "
+            f"hot {hot_server.spread:.0%}, raw {raw_server.spread:.0%}"
+            if paired
+            else ""
+        )
         out.append(
             Target(
                 "uvicorn hot-hit throughput",
-                ">= 90 % of the raw constant app's req/s",
-                f"{share:.0%} ({hot_server.rps:,.0f} vs {raw_server:,.0f} req/s)",
+                ">= 90 % of the raw constant app's req/s (ratio of medians)",
+                f"{share:.0%} ({hot_server.rps:,.0f} vs {raw_server.rps:,.0f} req/s, medians of "
+                f"{len(hot_server.rounds)} alternating rounds)",
                 share >= 0.9,
-                "" if share >= 0.9 else f"missed by {0.9 - share:.0%} points",
+                "; ".join(
+                    part
+                    for part in ("" if share >= 0.9 else f"missed by {0.9 - share:.0%}", spread)
+                    if part
+                ),
             )
         )
     mem = run.memory
@@ -216,14 +267,17 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def inprocess_rows(run: Run) -> list[list[str]]:
-    base = baselines(run)
     rows = []
-    for r in run.inprocess:
-        ratio = r.us / base[r.spec.kind] if r.spec.kind in base else float("nan")
-        rows.append(
-            [r.spec.label, r.spec.kind.upper(), f"{r.us:.2f}", f"{r.us_min:.2f}", f"{ratio:.1f}x",
-             f"{r.calls:,}"]
-        )  # fmt: skip
+    for spec, by_mode in _by_spec(run):
+        row = [spec.label, spec.kind.upper()]
+        for mode in ASGI_MODES:
+            r = by_mode.get(mode)
+            row += (
+                [f"{r.us:.2f}", f"{r.us_min:.2f}", f"{_ratio(run, r):.1f}x"]
+                if r is not None
+                else ["-", "-", "-"]
+            )
+        rows.append([*row, f"{sum(r.calls for r in by_mode.values()):,}"])
     return rows
 
 
@@ -234,24 +288,35 @@ def server_rows(run: Run) -> list[list[str]]:
         share = r.rps / base[r.spec.kind] if r.spec.kind in base else float("nan")
         p99 = f"{r.p99_ms:.2f}" if r.p99_ms is not None else "-"
         rows.append(
-            [r.spec.label, r.server, f"{r.rps:,.0f}", f"{share:.0%}", p99, str(r.errors)]
+            [r.spec.label, r.server, f"{r.rps:,.0f}", f"{share:.0%}", f"{r.spread:.0%}",
+             str(len(r.rounds)), p99, str(r.errors)]
         )  # fmt: skip
     return rows
 
 
 def summary(run: Run) -> str:
-    lines = ["", "In-process (µs per request, median of rounds):"]
     width = max((len(r.spec.label) for r in run.inprocess), default=10)
-    base = baselines(run)
-    for r in run.inprocess:
-        ratio = r.us / base.get(r.spec.kind, float("nan"))
-        lines.append(f"  {r.spec.label:<{width}}  {r.us:9.2f} µs  {ratio:7.1f}x")
+    lines = ["", "In-process (µs per request, median of rounds; x = vs the raw app, same mode):"]
+    lines += [f"  {MODE_NAMES[mode]}: {MODE_HOW[mode]}" for mode in ASGI_MODES]
+    lines.append(f"  {'':<{width}}  " + "  ".join(f"{MODE_NAMES[m]:>20}" for m in ASGI_MODES))
+    for spec, by_mode in _by_spec(run):
+        cells = [
+            f"{r.us:9.2f} µs {_ratio(run, r):7.1f}x" if (r := by_mode.get(mode)) else f"{'-':>20}"
+            for mode in ASGI_MODES
+        ]
+        lines.append(f"  {spec.label:<{width}}  " + "  ".join(cells))
     if run.servers:
-        lines.append("Under a server (req/s):")
+        lines.append(
+            "Under a server (req/s: median of rounds alternating with the other subjects; "
+            "share = ratio of medians; spread = (max - min) / median):"
+        )
         sbase = server_baselines(run)
         for s in run.servers:
             share = s.rps / sbase.get(s.spec.kind, float("nan"))
-            lines.append(f"  {s.spec.label:<{width}}  {s.rps:9,.0f}  {share:6.0%}  ({s.server})")
+            lines.append(
+                f"  {s.spec.label:<{width}}  {s.rps:9,.0f}  {share:6.0%}  spread {s.spread:4.0%}"
+                f"  ({s.server}, {len(s.rounds)} rounds)"
+            )
     lines.append("Targets:")
     for t in targets(run):
         mark = "n/a" if t.met is None else ("met" if t.met else "MISSED")
@@ -279,15 +344,19 @@ def markdown(run: Run, chart_name: str, analysis: str = "") -> str:
         "",
         "## Method",
         "",
-        "- **In-process**: each app is called directly, as a server would call it: ASGI with a "
-        "prebuilt scope (copied per request), a constant `receive` and a `send` that keeps the "
-        "message; WSGI with a prebuilt environ (copied per request), a `start_response` that keeps "
-        "the head, and the body joined. Every subject answers `GET /item` with the same 1,024-byte "
+        "- **In-process**: each app is called without a server, as a server would call it: ASGI "
+        "with a prebuilt scope (copied per request), a constant `receive` and a `send` that keeps "
+        f"the last {WINDOW} messages only (a server writes each message and drops it, so nothing "
+        "piles up for the garbage collector); WSGI with a prebuilt environ (copied per request), "
+        "a `start_response` that keeps the head, the body joined, and the last "
+        f"{WINDOW} responses kept. Every subject answers `GET /item` with the same 1,024-byte "
         "JSON document. Time per request is the mean over a round (`time.perf_counter_ns`), "
         "reported as the median of the rounds; the garbage collector stays on. After each round "
-        "every response is checked: status 200, the body, the `Cache-Status` detail that names the "
-        "tier, and that the app behind a cache ran 0 times for hits and once per request for "
-        "misses.",
+        "every response kept is checked (status 200, the body, the `Cache-Status` detail that "
+        "names the tier) and the app behind a cache must have run 0 times for hits and once per "
+        "request for misses. Each ratio is to the raw app of the same kind measured the same way.",
+        "- **ASGI modes**: every ASGI subject is timed in two ways, in alternating rounds on one "
+        "uvloop event loop, said above its table; WSGI apps are plain calls, timed directly only.",
         "- **tiercache_mw tiers**: hot = a fresh entry in the hot RAM tier. Cold = two URLs "
         "alternating with a hot budget that holds one entry, so each request finds its entry in "
         'cold, promotes it and demotes the other. Dry = `flush(tier="hot")` (untimed) before each '
@@ -298,7 +367,11 @@ def markdown(run: Run, chart_name: str, analysis: str = "") -> str:
         "- **Under a server**: uvicorn (uvloop, httptools, 1 worker) for ASGI, gunicorn (1 sync "
         "worker) for WSGI, each a subprocess on a free 127.0.0.1 port, warmed with 3 requests, "
         "then loaded by wrk (`-t2 -c32 --latency`) on the same 2-CPU machine, so the load "
-        "generator competes with the server for CPU (equally for every subject).",
+        "generator competes with the server for CPU. The servers of a kind run side by side "
+        "and are loaded in turn, in short rounds, the order reversed every other round, so "
+        "every subject meets the same drift in machine load as the raw app; req/s and p99 are "
+        "medians over the rounds, the share is the ratio of medians, the spread "
+        "(max - min) / median over the rounds.",
         "- **Memory**: n HTTP entries (64-byte body, 3 headers, url tag, residency from the rules, "
         "built with `TierCache.make_entry` like the middleware's) put into a RAM tier in a fresh "
         "process; overhead = traced bytes (tracemalloc) per entry minus body and header "
@@ -318,16 +391,25 @@ def markdown(run: Run, chart_name: str, analysis: str = "") -> str:
         "## In-process: µs per request",
         "",
     ]
+    out += [f"- **{m}** ({MODE_NAMES[m]}): {MODE_HOW[m]}." for m in ASGI_MODES] + [""]
     out += _table(
-        ["subject", "kind", "µs/request (median)", "fastest round", "x raw app", "calls"],
+        ["subject", "kind"]
+        + [
+            f"{m} {column}"
+            for m in ASGI_MODES
+            for column in ("µs/request (median)", "fastest round", "x raw app")
+        ]
+        + ["calls (all modes)"],
         inprocess_rows(run),
     )
     out += ["", f"![benchmarks]({chart_name})", ""]
     out += ["## Under a server: requests per second", ""]
     if run.servers:
         out += _table(
-            ["subject", "server", "req/s", "of raw app", "p99 ms", "errors"], server_rows(run)
-        )
+            ["subject", "server", "req/s (median)", "of raw app", "spread", "rounds", "p99 ms",
+             "errors"],
+            server_rows(run),
+        )  # fmt: skip
         out.append("")
         out.append(f"Load: {run.servers[0].tool}.")
     else:
@@ -448,14 +530,20 @@ def chart(run: Run, path: Path) -> None:
     panels = 1 + bool(run.servers) + bool(run.eviction)
     fig, axes = plt.subplots(1, panels, figsize=(6.5 * panels, 6.5), squeeze=False)
     ax = axes[0][0]
-    rows = sorted(run.inprocess, key=lambda r: (r.spec.kind, r.us))
-    labels = [r.spec.label for r in rows]
-    ax.barh(labels, [r.us for r in rows], color=[_color(r.spec) for r in rows])
+    specs = sorted(_by_spec(run), key=lambda s: (s[0].kind, min(r.us for r in s[1].values())))
+    ax.set_yticks(range(len(specs)), [spec.label for spec, _ in specs])
+    for offset, mode, hatch in ((-0.2, "direct", ""), (0.2, "task", "//")):
+        bars = [(i, by_mode[mode]) for i, (_, by_mode) in enumerate(specs) if mode in by_mode]
+        ax.barh(
+            [i + offset for i, _ in bars], [r.us for _, r in bars], height=0.4, hatch=hatch,
+            color=[_color(r.spec) for _, r in bars], edgecolor="white", label=MODE_NAMES[mode],
+        )  # fmt: skip
+        for i, r in bars:
+            ax.text(r.us, i + offset, f" {r.us:.2f}", va="center", fontsize=6)
     ax.set_xscale("log")
     ax.set_xlabel("µs per request, in-process (log scale; lower is better)")
+    ax.legend(fontsize=7)
     ax.invert_yaxis()
-    for i, r in enumerate(rows):
-        ax.text(r.us, i, f" {r.us:.2f}", va="center", fontsize=7)
     column = 1
     if run.servers:
         ax = axes[0][column]

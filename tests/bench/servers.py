@@ -1,7 +1,13 @@
 """Throughput under a real server: uvicorn (uvloop, httptools, 1 worker) for ASGI subjects,
 gunicorn (1 sync worker) for WSGI ones, each a subprocess on a free 127.0.0.1 port, loaded by
-wrk when it is on PATH, else by a Python client in another process. Every server is stopped
-before the next starts, whatever happens."""
+wrk when it is on PATH, else by a Python client in another process.
+
+The load generator and the server share the machine's CPUs, so the rate of one subject moves
+by tens of percent from one minute to the next. All the servers of a kind therefore run at
+once (idle while another is loaded) and are loaded in turn, in several short rounds, the order
+reversed every other round: each subject's rounds meet the same drift as the raw app's, and the
+median over rounds is compared with the raw app's median. Every server is stopped at the end of
+its kind, whatever happens."""
 
 from __future__ import annotations
 
@@ -14,6 +20,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -36,11 +43,19 @@ ROOT = Path(__file__).resolve().parents[2]
 class ServerResult:
     spec: Spec
     server: str  # "uvicorn" | "gunicorn"
-    rps: float
-    p50_ms: float | None
-    p99_ms: float | None
-    errors: int  # non-2xx answers and socket errors
+    rps: float  # median over rounds
+    p50_ms: float | None  # median over rounds
+    p99_ms: float | None  # median over rounds
+    errors: int  # non-2xx answers and socket errors, all rounds
     tool: str
+    rounds: tuple[float, ...] = ()  # req/s of each round, in the order run
+
+    @property
+    def spread(self) -> float:
+        """(fastest - slowest round) / median."""
+        if not self.rounds or not self.rps:
+            return 0.0
+        return (max(self.rounds) - min(self.rounds)) / self.rps
 
 
 def free_port() -> int:
@@ -205,27 +220,93 @@ def _python_load(port: int, seconds: float, connections: int) -> Load:
     return done / seconds, pick(0.5), pick(0.99), errors
 
 
-def run_server_specs(
-    specs: list[Spec], tmp: Path, *, seconds: float, connections: int = 32, threads: int = 2,
-    log: Callable[[str], None] = print, tool: str | None = None,
+def _median(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return statistics.median(known) if known else None
+
+
+def _warm(spec: Spec, name: str, port: int) -> None:
+    for _ in range(3):  # the first request stores, the next ones hit
+        status, headers = _get(port)
+    if status != 200:
+        raise RuntimeError(f"{spec.name} under {name}: status {status}")
+    if spec.cache_status and spec.cache_status not in headers.get("cache-status", ""):
+        raise RuntimeError(
+            f"{spec.name} under {name}: Cache-Status {headers.get('cache-status')!r}"
+        )
+
+
+def _run_kind(
+    specs: list[Spec], tmp: Path, *, seconds: float, rounds: int, connections: int, threads: int,
+    log: Callable[[str], None], tool: str, fail: Callable[[Spec, Exception], None],
 ) -> list[ServerResult]:  # fmt: skip
-    tool = tool or load_tool()
+    loads: dict[str, list[Load]] = {}
+    live: list[tuple[Spec, str, int]] = []
+    with contextlib.ExitStack() as stack:
+        for spec in specs:
+            port = free_port()
+            try:
+                name = stack.enter_context(_server(spec, port, tmp))
+                _warm(spec, name, port)
+            except Exception as exc:  # one broken subject must not cost the others
+                fail(spec, exc)
+                continue
+            live.append((spec, name, port))
+            loads[spec.name] = []
+        per_round = seconds / rounds
+        for i in range(rounds):
+            for spec, _name, port in live if i % 2 == 0 else live[::-1]:
+                if spec.name not in loads:
+                    continue  # failed in an earlier round
+                try:
+                    if tool == "wrk":
+                        load = _wrk(port, per_round, connections, threads)
+                    else:
+                        load = _python_load(port, per_round, connections)
+                except Exception as exc:
+                    fail(spec, exc)
+                    del loads[spec.name]
+                    continue
+                loads[spec.name].append(load)
     results = []
-    for spec in specs:
-        port = free_port()
-        with _server(spec, port, tmp) as name:
-            for _ in range(3):  # warm: the first request stores, the next ones hit
-                status, headers = _get(port)
-            if status != 200:
-                raise RuntimeError(f"{spec.name} under {name}: status {status}")
-            if spec.cache_status and spec.cache_status not in headers.get("cache-status", ""):
-                raise RuntimeError(
-                    f"{spec.name} under {name}: Cache-Status {headers.get('cache-status')!r}"
-                )
-            if tool == "wrk":
-                rps, p50, p99, errors = _wrk(port, seconds, connections, threads)
-            else:
-                rps, p50, p99, errors = _python_load(port, seconds, connections)
-        log(f"  {spec.name:<22} {name:<8} {rps:10.0f} req/s")
-        results.append(ServerResult(spec, name, rps, p50, p99, errors, tool))
+    for spec, name, _port in live:
+        if spec.name not in loads:
+            continue
+        runs = loads[spec.name]
+        rps = [r[0] for r in runs]
+        result = ServerResult(
+            spec, name, statistics.median(rps), _median([r[1] for r in runs]),
+            _median([r[2] for r in runs]), sum(r[3] for r in runs), tool, tuple(rps),
+        )  # fmt: skip
+        log(
+            f"  {spec.name:<22} {name:<8} {result.rps:10.0f} req/s "
+            f"(median of {len(rps)} rounds, spread {result.spread:.0%})"
+        )
+        results.append(result)
+    return results
+
+
+def run_server_specs(
+    specs: list[Spec], tmp: Path, *, seconds: float, rounds: int = 1, connections: int = 32,
+    threads: int = 2, log: Callable[[str], None] = print, tool: str | None = None,
+    skipped: list[str] | None = None,
+) -> list[ServerResult]:  # fmt: skip
+    """Each spec loaded for `seconds` in all, in `rounds` rounds alternating with the other specs
+    of its kind. A subject that fails is named in `skipped` and the others go on; without
+    `skipped` its error is raised."""
+    tool = tool or load_tool()
+
+    def fail(spec: Spec, exc: Exception) -> None:
+        if skipped is None:
+            raise exc
+        skipped.append(f"{spec.name} server: {type(exc).__name__}: {exc}")
+
+    results = []
+    for kind in ("asgi", "wsgi"):
+        group = [spec for spec in specs if spec.kind == kind]
+        if group:
+            results += _run_kind(
+                group, tmp, seconds=seconds, rounds=rounds, connections=connections,
+                threads=threads, log=log, tool=tool, fail=fail,
+            )  # fmt: skip
     return results
