@@ -8,10 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.bench.__main__ import SMOKE
+from tests.bench.inprocess import ASGI_MODES
 from tests.bench.suite import SPECS
 
 ROOT = Path(__file__).resolve().parents[2]
-SMOKE_SERVERS = ("raw-asgi", "tiercache-hot-asgi", "raw-wsgi", "tiercache-hot-wsgi")
 TARGETS = 7
 
 
@@ -28,13 +29,19 @@ def test_smoke_run_reports_every_subject_and_target(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     out = done.stdout
     assert "skipped:" not in out, out[out.index("skipped:") :]
-    inproc = _section(out, "In-process (", "Under a server")
+    inproc = _section(out, "In-process (", "Under a server").splitlines()
     for spec in SPECS:
-        assert spec.label in inproc, f"no in-process row for {spec.name}"
-    served = _section(out, "Under a server", "Targets:")
-    for name in SMOKE_SERVERS:
+        row = [line for line in inproc if line.startswith(f"  {spec.label} ")]
+        assert row, f"no in-process row for {spec.name}"
+        timed = len(ASGI_MODES) if spec.kind == "asgi" else 1
+        assert row[0].count(" µs ") == timed, row[0]
+    served = _section(out, "Under a server", "Targets:").splitlines()
+    assert SMOKE.server_subjects is not None
+    for name in SMOKE.server_subjects:
         label = next(spec.label for spec in SPECS if spec.name == name)
-        assert label in served, f"no server row for {name}"
+        row = [line for line in served if line.startswith(f"  {label} ")]
+        assert row, f"no server row for {name}"
+        assert f"{SMOKE.server_rounds} rounds" in row[0], row[0]
     targets = [line for line in out.split("Targets:", 1)[1].splitlines() if line.startswith("  [")]
     assert len(targets) == TARGETS
     assert all("n/a" not in line for line in targets), targets
