@@ -63,13 +63,14 @@ def _empty_cache(tmp: str) -> Any:
 
 def _fill_ram(cache: Any, n: int, body_size: int) -> tuple[int, int]:
     """Store n HTTP responses in the hot RAM tier, built the way the middleware stores them:
-    a StoredResponse with fresh header objects, a url tag, a Residency from the tag rules.
+    a StoredResponse with fresh header objects and timing floats, a url tag, a Residency from
+    the tag rules.
     Returns the header characters per entry and the bytes the budget counts."""
     from tiercache_mw.store.entry import StoredResponse
 
     ram = cache.hot
     body_template = os.urandom(body_size)
-    now = time.time()
+    max_age = 3600
     header_chars = 0
     for i in range(n):
         url = f"http://bench.local/item/{i}"
@@ -82,13 +83,17 @@ def _fill_ram(cache: Any, n: int, body_size: int) -> tuple[int, int]:
         ]
         if i == 0:
             header_chars = sum(len(k) + len(v) for k, v in headers)
+        # Timing floats of its own, as build_stored_response derives them for each response.
+        request_time = time.time()
+        response_time = time.time()
         stored = StoredResponse(
-            status=200, headers=headers, body=body, request_time=now, response_time=now,
-            freshness_lifetime=3600.0,
+            status=200, headers=headers, body=body, request_time=request_time,
+            response_time=response_time, freshness_lifetime=float(max_age),
+            initial_age=response_time - request_time,
         )  # fmt: skip
         key = f"http://bench.local/item/{i}"  # the engine builds key and url apart
-        # ...and, like engine._tags, tags a GET with the key's own string when they are equal.
-        tags = (("url", key if url == key else url),)
+        # The url tag engine._tags adds; the Entry derives it from the key rather than keep it.
+        tags = (("url", url),)
         ram.put(cache.make_entry(key, stored, tags, cache.residency_for(tags)))
     return header_chars, ram.size_bytes
 

@@ -121,3 +121,12 @@ def test_responses_with_the_same_rules_share_them() -> None:
     assert first._policy is second._policy
     assert first.freshness_lifetime is second.freshness_lifetime
     assert _response(stale_while_revalidate=6.0).stale_while_revalidate == 6.0
+
+
+def test_initial_age_is_kept_to_the_millisecond_rounded_up_and_shared() -> None:
+    first = _response(initial_age=0.0021234)
+    second = _response(initial_age=0.0029)
+    assert first.initial_age == 0.003
+    assert first.initial_age is second.initial_age
+    assert _response(initial_age=1.5).initial_age == 1.5
+    assert _response(initial_age=float("inf")).initial_age == float("inf")

@@ -7,6 +7,7 @@ durable tiers keep the bytes from `tiercache_mw.store.codec`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -35,13 +36,13 @@ URL_TAG = "url"  # the tag tiercache_mw.engine puts on every HTTP entry
 
 # What one RAM entry costs beyond its payload bytes: the Entry (which carries the SIEVE links
 # and the tier's residency), the key string, the value's object header, last use as a float
-# and the tier's index slot; a StoredResponse value adds its own object and header list.
-# Measured with tracemalloc on CPython 3.11 (tests/bench memory, 200,000 entries with a
-# 27-character URL key: 358 B traced for a 64-byte bytes value, 574 B for a response with a
-# 64-byte body and three shared headers); budgets count them so that `max_size_gb` holds for
-# real memory, not just payload.
+# and the tier's index slot; a StoredResponse value adds its own object, its header list and
+# its response_time float. Measured with tracemalloc on CPython 3.11 (tests/bench memory,
+# 200,000 entries with a 27-character URL key: 358 B traced for a 64-byte bytes value, 598 B
+# for a response with a 64-byte body and three shared headers); budgets count them so that
+# `max_size_gb` holds for real memory, not just payload.
 ENTRY_OVERHEAD_BYTES = 294
-RESPONSE_OVERHEAD_BYTES = 192
+RESPONSE_OVERHEAD_BYTES = 216
 # Each stored header costs a 2-tuple and two bytes objects beyond its characters, or only
 # a list slot when its (name, value) pair is shared (see `intern_headers`).
 HEADER_OVERHEAD_BYTES = 130
@@ -117,6 +118,7 @@ class _Policy:
 SHARED_VALUES_MAX = 4096
 _policies: dict[_Policy, _Policy] = {}
 _lifetimes: dict[float, float] = {}
+_ages: dict[float, float] = {}
 
 
 def _shared(value: T, table: dict[T, T]) -> T:
@@ -187,6 +189,10 @@ class StoredResponse:
         self.body = body
         self.response_time = response_time
         self.freshness_lifetime = _shared(freshness_lifetime, _lifetimes)  # max-age repeats
+        # Kept to the millisecond, rounded up, so that ages share objects (a float is 24 B):
+        # Age goes out in whole seconds, and rounding up never serves a response longer.
+        if math.isfinite(initial_age):
+            initial_age = _shared(math.ceil(initial_age * 1000) / 1000, _ages)
         self.initial_age = initial_age
         self.etag = etag
         self.last_modified = last_modified
