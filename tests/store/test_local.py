@@ -1,4 +1,5 @@
-"""LocalTier: the tier contract, hashed names, atomic writes, corrupt files, the size cap."""
+"""LocalTier: the tier contract, hashed names, atomic writes, corrupt files, the size cap.
+Batches (pack files) are in test_local_pack.py."""
 
 from __future__ import annotations
 
@@ -114,15 +115,14 @@ async def test_size_cap_removes_least_recently_used_first(tmp_path: Path) -> Non
 async def test_a_new_tier_on_the_same_directory_finds_the_files(tmp_path: Path) -> None:
     first = local(tmp_path)
     await first.set(contract_entry("k", b"kept", residency=Residency(None, None, 3600.0)))
-    (tmp_path / "ab").mkdir()
-    (tmp_path / "ab" / "cd").mkdir()
-    (tmp_path / "ab" / "cd" / ".tmp-crashed").write_bytes(b"half")
+    (tmp_path / "ab").mkdir(exist_ok=True)
+    (tmp_path / "ab" / ".tmp-crashed").write_bytes(b"half")
     second = local(tmp_path)
     assert (await second.stats()).entries == 1
     got = await second.get("k")
     assert got is not None
     assert got.value == b"kept"
-    assert not (tmp_path / "ab" / "cd" / ".tmp-crashed").exists()
+    assert not (tmp_path / "ab" / ".tmp-crashed").exists()
 
 
 async def test_flush_leaves_other_files_in_the_directory(tmp_path: Path) -> None:

@@ -1,11 +1,19 @@
-"""The local-disk dry tier: one msgpack file per entry, under a hashed name.
+"""The local-disk dry tier: one path per entry, under a hashed name.
 
-``{root}/ab/cd/abcd...ef.tce`` where the name is the sha256 of the key: no key ever becomes a
-path, whatever it holds (``..``, NUL, 10 KB of query string). A write goes to a temp file in
-the same directory and is renamed over the target (`os.replace`), so a reader sees the old
-file or the new one, never half of one. The file's mtime is its last use: a hit touches it,
-and residency (the entry's dry TTL) is checked against it on read. When the files pass
-`max_size_bytes`, the least recently used are removed down to a low-water mark.
+``{root}/ab/abcd...ef.tce`` where the name is the sha256 of the key: no key ever becomes a
+path, whatever it holds (``..``, NUL, 10 KB of query string). One level of 256 directories,
+not more: a directory is an inode, and a new inode is the dear part of a write (see
+`store.pack`). A write goes to a temp file in the same directory and is renamed over the
+target (`os.replace`), so a reader sees the old file or the new one, never half of one.
+
+A batch (`set_many`) is written as one pack file (`store.pack`) and each key's path is a hard
+link to it: one inode per batch instead of one per entry. A plain file's mtime is its last
+use: a hit touches it. A packed entry's mtime is its batch's write time and a hit does not
+touch it (that would touch its pack-mates); the TierCache promotes it on a hit and writes it
+again when it comes back down. Residency (the entry's dry TTL) is checked against the mtime
+on read. When the files pass `max_size_bytes`, the least recently used are removed down to a
+low-water mark; a pack's bytes are freed once all its keys are gone, and pack-mates share
+their write time, so they tend to leave together.
 
 A file that does not decode (corrupt, truncated, foreign) is a miss, is removed and logged.
 Every file operation runs in a worker thread, never on an event loop.
@@ -24,8 +32,10 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, BinaryIO
 
 from tiercache_mw.config import TierConfig
+from tiercache_mw.store import pack
 from tiercache_mw.store.base import TierStats
 from tiercache_mw.store.codec import CodecError, decode_entry, encode_entry
 from tiercache_mw.store.entry import Entry
@@ -38,12 +48,75 @@ SUFFIX = ".tce"
 TEMP_PREFIX = ".tmp-"
 # Cleanup goes below the cap, so that a full tier does not sort its index on every write.
 LOW_WATER = 0.9
+READ_CHUNK = 1 << 16  # a pack's header (44 B a record) and small records come in one read
 _HEX = frozenset("0123456789abcdef")
 _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+_temp_ids = itertools.count()
+
+
+def key_digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()
 
 
 def file_name(key: str) -> str:
-    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest() + SUFFIX
+    return key_digest(key).hex() + SUFFIX
+
+
+def _is_fan_out(name: str) -> bool:
+    return len(name) == 2 and set(name) <= _HEX
+
+
+def _temp_name(directory: str) -> str:
+    return os.path.join(directory, f"{TEMP_PREFIX}{os.getpid()}-{next(_temp_ids)}")
+
+
+def _unlink_quietly(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+
+
+def _load(handle: BinaryIO, digest: bytes) -> tuple[bytes, os.stat_result]:
+    """The entry bytes for the key with `digest` in an open plain or pack file, and its stat."""
+    head = handle.read(READ_CHUNK)
+    stat = os.fstat(handle.fileno())
+    if not pack.is_pack(head):
+        return (head + handle.read() if len(head) == READ_CHUNK else head), stat
+    need = pack.header_length(head)
+    if need > len(head):
+        head += handle.read(need - len(head))
+    where = pack.locate(head, digest)
+    if where is None:
+        raise CodecError("its pack holds no record for this key")
+    offset, length = where
+    data = head[offset : offset + length]
+    if len(data) < length:
+        data = os.pread(handle.fileno(), length, offset)
+        if len(data) < length:
+            raise CodecError("truncated pack record")
+    return data, stat
+
+
+def _outcome(call: Callable[..., object], *args: Any) -> BaseException | None:
+    """None when `call(*args)` returns, else the exception it raised."""
+    try:
+        call(*args)
+    except Exception as exc:
+        return exc
+    return None
+
+
+def _lift(old: str, new: str) -> list[str]:
+    """Move the files of a directory of the two-level layout of earlier versions
+    (``ab/cd/abcd...ef.tce``) up to their path in this one; one already there is newer and
+    stays. Returns the names moved."""
+    moved = []
+    for item in os.scandir(old):
+        if item.name.endswith(SUFFIX):
+            with contextlib.suppress(OSError):
+                os.link(item.path, os.path.join(new, item.name))
+                moved.append(item.name)
+    shutil.rmtree(old, ignore_errors=True)
+    return moved
 
 
 class LocalTier:
@@ -67,7 +140,6 @@ class LocalTier:
         self.root = Path(root)
         self._root = os.fspath(self.root)
         self._dirs: set[str] = set()  # fan-out directories known to exist
-        self._temp_ids = itertools.count()
         self.max_bytes = tier.max_size_bytes
         self.on_remove = on_remove
         self.clock = clock
@@ -81,7 +153,7 @@ class LocalTier:
     # ---- paths and index -------------------------------------------------------------------
     def relative_path(self, key: str) -> str:
         name = file_name(key)
-        return os.path.join(name[:2], name[2:4], name)
+        return os.path.join(name[:2], name)
 
     def path_for(self, key: str) -> Path:
         return self.root / self.relative_path(key)
@@ -92,7 +164,7 @@ class LocalTier:
         writes). A file found may still be expired or foreign; `get` decides that."""
         name = file_name(key)
         try:
-            os.stat(os.path.join(self._root, name[:2], name[2:4], name))
+            os.stat(os.path.join(self._root, name[:2], name))
         except (FileNotFoundError, NotADirectoryError):
             return False
         except OSError:
@@ -106,23 +178,30 @@ class LocalTier:
             files: dict[str, tuple[int, float]] = {}
             if self.root.is_dir():
                 for top in os.scandir(self.root):
-                    if not (top.is_dir() and len(top.name) == 2 and set(top.name) <= _HEX):
-                        continue
-                    for sub in os.scandir(top.path):
-                        if not sub.is_dir():
-                            continue
-                        for item in os.scandir(sub.path):
-                            rel = os.path.join(top.name, sub.name, item.name)
-                            if item.name.startswith(TEMP_PREFIX):
-                                with contextlib.suppress(OSError):
-                                    os.unlink(item.path)  # left by a crash mid-write
-                            elif item.name.endswith(SUFFIX):
-                                with contextlib.suppress(OSError):
-                                    stat = item.stat()
-                                    files[rel] = (stat.st_size, stat.st_mtime)
+                    if top.is_dir() and _is_fan_out(top.name):
+                        self._scan_fan_out(top.path, top.name, files)
             self._files = files
             self._size = sum(size for size, _ in files.values())
             self._scanned = True
+
+    def _scan_fan_out(self, path: str, name: str, files: dict[str, tuple[int, float]]) -> None:
+        found: list[str] = []
+        for item in os.scandir(path):
+            if item.name.endswith(SUFFIX):
+                found.append(item.name)
+            elif item.name.startswith(TEMP_PREFIX):
+                with contextlib.suppress(OSError):
+                    os.unlink(item.path)  # left by a crash mid-write
+            elif item.is_dir() and _is_fan_out(item.name):
+                found += _lift(item.path, path)
+        for file in found:
+            with contextlib.suppress(OSError):
+                stat = os.stat(os.path.join(path, file))
+                # A packed file's size is its whole pack: each of its keys counts a share.
+                files[os.path.join(name, file)] = (
+                    stat.st_size // max(1, stat.st_nlink),
+                    stat.st_mtime,
+                )
 
     def _record(self, rel: str, size: int, used: float, key: str | None) -> None:
         with self._lock:
@@ -156,12 +235,10 @@ class LocalTier:
         path = self.root / rel
         try:
             with open(path, "rb") as handle:
-                data = handle.read()
-                mtime = os.fstat(handle.fileno()).st_mtime
+                data, stat = _load(handle, key_digest(key))
+            entry = decode_entry(data)
         except (FileNotFoundError, NotADirectoryError):
             return None
-        try:
-            entry = decode_entry(data)
         except CodecError as exc:
             log.warning("dry tier: removing unreadable cache file %s: %s", path, exc)
             self._remove(rel)
@@ -172,16 +249,21 @@ class LocalTier:
             return None
         now = self.clock()
         ttl = self._ttl(entry)
-        if ttl is not None and now - mtime > ttl:
+        if ttl is not None and now - stat.st_mtime > ttl:
             self._remove(rel)
             if self.on_remove is not None:
                 self.on_remove([key])
             return None
-        with contextlib.suppress(OSError):
-            os.utime(path, (now, now))
+        if stat.st_nlink == 1:  # a file of its own; a pack's mtime belongs to all its keys
+            with contextlib.suppress(OSError):
+                os.utime(path, (now, now))
         self._record(rel, len(data), now, key)
         entry.last_used = now
         return entry
+
+    def _mtime(self, now: float) -> float | None:
+        # A new file's mtime is already now: a utime only for an injected clock.
+        return None if self.clock is time.time else now
 
     def _write(self, entry: Entry) -> None:
         self._scan()
@@ -189,14 +271,60 @@ class LocalTier:
         data = encode_entry(entry, last_used=now)
         rel = self.relative_path(entry.key)
         path = os.path.join(self._root, rel)
-        directory = os.path.dirname(path)
-        # Each syscall here releases the GIL and waits to take it back behind busy request
-        # threads, so a write makes as few as it can: no mkdir for a directory already made,
-        # a temp name without mkstemp's retries, no utime when the file's mtime is already now.
-        if directory not in self._dirs:
-            os.makedirs(directory, exist_ok=True)
-            self._dirs.add(directory)
-        temp = os.path.join(directory, f"{TEMP_PREFIX}{os.getpid()}-{next(self._temp_ids)}")
+        temp = self._write_temp(os.path.dirname(path), data, self._mtime(now))
+        try:
+            os.replace(temp, path)
+        except BaseException:
+            _unlink_quietly(temp)
+            raise
+        self._landed([(rel, len(data), entry.key)], now)
+
+    def _write_many(self, entries: list[Entry]) -> list[BaseException | None]:
+        if len(entries) < 2 or getattr(self._write, "__func__", None) is not LocalTier._write:
+            # A pack of one saves nothing. A subclass or instance that replaced the per-entry
+            # body (an instrumented or gated tier, as tests use) keeps one call per entry.
+            return [_outcome(self._write, entry) for entry in entries]
+        self._scan()
+        now = self.clock()
+        results: list[BaseException | None] = [None] * len(entries)
+        # The last entry for a key wins, as if written one by one; a pack holds it once.
+        latest: dict[str, tuple[int, bytes]] = {}
+        for index, entry in enumerate(entries):
+            try:
+                latest[entry.key] = (index, encode_entry(entry, last_used=now))
+            except Exception as exc:
+                results[index] = exc
+        if not latest:
+            return results
+        records = [
+            (self.relative_path(key), key, index, data) for key, (index, data) in latest.items()
+        ]
+        try:
+            blob = pack.build([(key_digest(key), data) for _, key, _, data in records])
+            temp = self._write_temp(
+                os.path.dirname(os.path.join(self._root, records[0][0])), blob, self._mtime(now)
+            )
+        except Exception as exc:
+            for _, _, index, _ in records:
+                results[index] = exc
+            return results
+        try:
+            for rel, _, index, _ in records:
+                results[index] = _outcome(self._link, temp, rel)
+        finally:
+            _unlink_quietly(temp)  # the pack lives on through its keys' links
+        self._landed(
+            [(rel, len(data), key) for rel, key, index, data in records if results[index] is None],
+            now,
+        )
+        return results
+
+    def _write_temp(self, directory: str, data: bytes, mtime: float | None) -> str:
+        """A new file in `directory` holding `data`: its path, to be renamed or linked."""
+        # Each syscall costs a GIL round trip behind busy request threads, so as few as can
+        # be: no mkdir for a directory already made, no mkstemp retries, no needless utime.
+        self._ensure_dir(directory)
+        temp = _temp_name(directory)
         try:
             fd = os.open(temp, _CREATE_FLAGS, 0o600)
         except FileNotFoundError:  # another process flushed the directory away
@@ -209,27 +337,45 @@ class LocalTier:
                     view = view[os.write(fd, view) :]
             finally:
                 os.close(fd)
-            if self.clock is not time.time:
-                os.utime(temp, (now, now))
-            os.replace(temp, path)
+            if mtime is not None:
+                os.utime(temp, (mtime, mtime))
         except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(temp)
+            _unlink_quietly(temp)
             raise
-        self._record(rel, len(data), now, entry.key)
+        return temp
+
+    def _link(self, temp: str, rel: str) -> None:
+        """Give the file at `temp` the path `rel` too, replacing whatever was there."""
+        path = os.path.join(self._root, rel)
+        directory = os.path.dirname(path)
+        self._ensure_dir(directory)
+        try:
+            os.link(temp, path)
+            return
+        except FileNotFoundError:  # another process flushed the directory away
+            os.makedirs(directory, exist_ok=True)
+        except FileExistsError:
+            pass
+        # Beside it, then renamed over it: an older copy is replaced, as a plain write does.
+        beside = _temp_name(directory)
+        os.link(temp, beside)
+        try:
+            os.replace(beside, path)
+        except BaseException:
+            _unlink_quietly(beside)
+            raise
+
+    def _ensure_dir(self, directory: str) -> None:
+        if directory not in self._dirs:
+            os.makedirs(directory, exist_ok=True)
+            self._dirs.add(directory)
+
+    def _landed(self, files: list[tuple[str, int, str]], now: float) -> None:
+        """Index files just written, (relative path, size, key) each, and keep the cap."""
+        for rel, size, key in files:
+            self._record(rel, size, now, key)
         if self.max_bytes is not None and self._size > self.max_bytes:
             self._cleanup(self.max_bytes)
-
-    def _write_many(self, entries: list[Entry]) -> list[BaseException | None]:
-        results: list[BaseException | None] = []
-        for entry in entries:
-            try:
-                self._write(entry)
-            except Exception as exc:
-                results.append(exc)
-            else:
-                results.append(None)
-        return results
 
     def _cleanup(self, max_bytes: int) -> None:
         """Remove least recently used files until the tier is under its low-water mark."""
@@ -263,7 +409,7 @@ class LocalTier:
             return
         for top in os.scandir(self.root):
             # Only the fan-out directories: the root may sit beside other files.
-            if top.is_dir() and len(top.name) == 2 and set(top.name) <= _HEX:
+            if top.is_dir() and _is_fan_out(top.name):
                 shutil.rmtree(top.path, ignore_errors=True)
 
     def _ttl(self, entry: Entry) -> float | None:
