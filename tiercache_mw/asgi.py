@@ -138,7 +138,7 @@ class CacheMiddleware:
                         {
                             "type": "http.response.start",
                             "status": stored.status,
-                            "headers": stored.headers + memo[3],
+                            "headers": memo[3][:],
                         }
                     )
                     await send(

@@ -13,7 +13,7 @@ from tiercache_mw.engine import HttpCache
 from tiercache_mw.http.cache_status import cache_status
 from tiercache_mw.store.entry import HitMemo, StoredResponse
 
-__all__ = ["REQUEST_FIELDS_NEEDING_THE_FULL_PATH", "HotPath", "NativeReply"]
+__all__ = ["REQUEST_FIELDS_NEEDING_THE_FULL_PATH", "HotPath"]
 
 # Request fields whose directives or conditions the full path has to read (RFC 9111 §5.2.1,
 # §5.4; RFC 9110 §13); lowercase, as in an ASGI scope.
@@ -29,9 +29,6 @@ REQUEST_FIELDS_NEEDING_THE_FULL_PATH = frozenset(
     }
 )
 
-# A hot answer in WSGI's terms: status code, str headers, body.
-NativeReply = tuple[int, list[tuple[str, str]], bytes]
-
 _AGE = b"age"
 _CACHE_STATUS = b"cache-status"
 _EMPTY = b""
@@ -40,33 +37,22 @@ _EMPTY = b""
 class HotPath:
     """Serves fresh hot entries for one middleware (its cache name, its clock)."""
 
-    __slots__ = ("_engine", "_get_hot", "enabled")
+    __slots__ = ("_engine", "_get_hot", "_native", "enabled")
 
-    def __init__(self, engine: HttpCache) -> None:
+    def __init__(self, engine: HttpCache, *, native: bool = False) -> None:
         self._engine = engine
         self._get_hot = engine.cache.get_hot
+        self._native = native  # WSGI: the memo carries the headers as str pairs too
         # Cache-Status key= needs the full path's Exchange; debugging is not the hot path.
         self.enabled = not engine.http.debug_key
 
-    def reply_native(self, key: str, head: bool) -> NativeReply | None:
-        """The answer in WSGI's terms (str headers decoded once per entry, not per hit)."""
-        found = self.fresh(key)
-        if found is None:
-            return None
-        stored, memo = found
-        native = stored.native_headers
-        if native is None:
-            native = stored.native_headers = [
-                (name.decode("latin-1"), value.decode("latin-1")) for name, value in stored.headers
-            ]
-        return stored.status, native + memo[4], _EMPTY if head else stored.body
-
     def fresh(self, key: str) -> tuple[StoredResponse, HitMemo] | None:
-        """The stored response under `key` and its Age/Cache-Status fields for this second,
-        if it may be served without validation; None sends the request down the full path.
+        """The stored response under `key` and the headers to answer with for now, if it may
+        be served without validation; None sends the request down the full path.
 
-        A reply's headers are `stored.headers + memo[3]` (bytes) or `native + memo[4]` (str):
-        always a new list, as middleware further out may edit the headers in place.
+        The headers are `memo[3]` (bytes pairs) or, for a `native` path, `memo[4]` (str
+        pairs): the stored ones plus Age and Cache-Status. Send a copy (`memo[3][:]`):
+        middleware further out may edit a response's headers in place.
         """
         entry = self._get_hot(key)
         if entry is None:
@@ -102,13 +88,12 @@ class HotPath:
         valid_until = now + min(whole_age + 1 - age, ttl - whole_ttl)
         age_value = str(max(0, whole_age)).encode()
         status_value = cache_status(self._engine.name, hit=True, ttl=whole_ttl, detail="hot")
-        # Many hits land in the same second: they share these fields. The lists are only
-        # ever concatenated onto, never handed out, and the pairs are immutable tuples.
-        memo = stored.hit_memo = (
-            valid_from,
-            valid_until,
-            self,
-            [(_AGE, age_value), (_CACHE_STATUS, status_value)],
-            [("age", age_value.decode()), ("cache-status", status_value.decode("latin-1"))],
+        headers = [*stored.headers, (_AGE, age_value), (_CACHE_STATUS, status_value)]
+        native = (
+            [(name.decode("latin-1"), value.decode("latin-1")) for name, value in headers]
+            if self._native
+            else None
         )
+        # Hits within the window share these lists; each reply sends a copy.
+        memo = stored.hit_memo = (valid_from, valid_until, self, headers, native)
         return stored, memo

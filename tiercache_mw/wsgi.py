@@ -93,16 +93,17 @@ def hot_key(environ: WSGIEnviron) -> str | None:
     # A keys view tests the seven names against the environ in C, not the other way round.
     if not environ.keys().isdisjoint(_FULL_PATH_VARIABLES):
         return None
+    get = environ.get
+    # Most servers give the request target as sent (RAW_URI, REQUEST_URI) and a Host field:
+    # then those name the resource; the other variables only when they are missing.
+    target = get("RAW_URI") or get("REQUEST_URI") or (get("SCRIPT_NAME"), get("PATH_INFO"))
+    origin = get("HTTP_HOST") or (get("SERVER_NAME"), get("SERVER_PORT"))
     request_line = (
         environ["REQUEST_METHOD"],
-        environ.get("wsgi.url_scheme", "http"),
-        environ.get("HTTP_HOST"),
-        environ.get("SERVER_NAME"),
-        environ.get("SERVER_PORT"),
-        environ.get("RAW_URI") or environ.get("REQUEST_URI"),
-        environ.get("SCRIPT_NAME", ""),
-        environ.get("PATH_INFO", ""),
-        environ.get("QUERY_STRING", ""),
+        get("wsgi.url_scheme", "http"),
+        origin,
+        target,
+        get("QUERY_STRING", ""),
     )
     key = _keys.get(request_line)
     if key is None:
@@ -117,13 +118,8 @@ KEY_MEMO_MAX = 16384
 
 
 def _remember_key(request_line: tuple[Any, ...], environ: WSGIEnviron) -> str:
-    key = primary_key(
-        request_line[0],
-        request_line[1],
-        _host(environ),
-        _raw_path(environ),
-        request_line[-1],
-    )
+    method, scheme, _origin, _target, query = request_line
+    key = primary_key(method, scheme, _host(environ), _raw_path(environ), query)
     if len(_keys) >= KEY_MEMO_MAX:
         _keys.clear()
     _keys[request_line] = key
@@ -141,7 +137,7 @@ class WSGICacheMiddleware:
         self.app = app
         self.cache = build_cache(cache, config)
         self.engine = HttpCache(self.cache)
-        self.hot = HotPath(self.engine)
+        self.hot = HotPath(self.engine, native=True)
         self._inflight: dict[str, threading.Event] = {}
         self._inflight_lock = threading.Lock()
         self._refreshing: set[str] = set()
@@ -150,11 +146,14 @@ class WSGICacheMiddleware:
         method = environ["REQUEST_METHOD"]
         if (method == "GET" or method == "HEAD") and self.hot.enabled:
             key = hot_key(environ)
-            reply = self.hot.reply_native(key, method == "HEAD") if key is not None else None
-            if reply is not None:
-                status, headers, body = reply
-                start_response(_STATUS_LINES.get(status) or _status_line(status), headers)
-                return [body]
+            found = self.hot.fresh(key) if key is not None else None
+            if found is not None:
+                stored, memo = found
+                status = stored.status
+                native = memo[4]
+                assert native is not None  # a native HotPath fills it
+                start_response(_STATUS_LINES.get(status) or _status_line(status), native[:])
+                return [b"" if method == "HEAD" else stored.body]
         return self._handle(request_view(environ), environ, start_response)
 
     def close(self) -> None:

@@ -42,16 +42,17 @@ URL_TAG = "url"  # the tag tiercache_mw.engine puts on every HTTP entry
 # for a response with a 64-byte body and three shared headers); budgets count them so that
 # `max_size_gb` holds for real memory, not just payload.
 ENTRY_OVERHEAD_BYTES = 294
-RESPONSE_OVERHEAD_BYTES = 216
+RESPONSE_OVERHEAD_BYTES = 208
 # Each stored header costs a 2-tuple and two bytes objects beyond its characters, or only
 # a list slot when its (name, value) pair is shared (see `intern_headers`).
 HEADER_OVERHEAD_BYTES = 130
 SHARED_HEADER_BYTES = 8
 
 
-# (valid from, valid until, owner, fields as bytes, fields as str) of the last hot hit on a
-# response: the Age and Cache-Status fields stay right for clock readings within the window.
-HitMemo = tuple[float, float, object, list[tuple[bytes, bytes]], list[tuple[str, str]]]
+# (valid from, valid until, owner, headers as bytes, headers as str or None) of the last hot
+# hit on a response: its headers plus Age and Cache-Status, right for any clock reading
+# within the window (tiercache_mw.hot).
+HitMemo = tuple[float, float, object, list[tuple[bytes, bytes]], list[tuple[str, str]] | None]
 
 
 # Shared by every response without extras: a dict per entry cost 64 B. Read-only, so no
@@ -155,11 +156,9 @@ class StoredResponse:
     last_modified: bytes | None
     extra: Mapping[str, Any]  # shared, not copied
     _policy: _Policy = field(repr=False)
-    # tiercache_mw.hot's memos, process-local and never encoded: the Age and Cache-Status
-    # fields of the last hot hit, and the headers as WSGI's str pairs. Not init fields,
-    # so dataclasses.replace (a freshened copy) starts without them.
+    # tiercache_mw.hot's memo, process-local and never encoded. Not an init field, so
+    # dataclasses.replace (a freshened copy) starts without it.
     hit_memo: HitMemo | None = field(init=False, repr=False)
-    native_headers: list[tuple[str, str]] | None = field(init=False, repr=False)
 
     def __init__(
         self,
@@ -203,7 +202,6 @@ class StoredResponse:
             )
         self._policy = _shared(_policy, _policies)
         self.hit_memo = None
-        self.native_headers = None
 
     @property
     def stale_while_revalidate(self) -> float:
