@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -195,3 +196,27 @@ async def test_files_of_the_two_level_layout_are_moved_up(tmp_path: Path) -> Non
     assert got is not None
     assert got.value == b"kept"
     assert nested_dirs(tmp_path) == []
+
+
+class NoHardLinks(LocalTier):
+    """A directory on a filesystem that refuses hard links (FAT, some network mounts)."""
+
+    def _link(self, temp: str, rel: str) -> None:
+        raise OSError(errno.EPERM, "Operation not permitted", rel)
+
+
+async def test_without_hard_links_each_entry_gets_a_file_of_its_own(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    tier = NoHardLinks("dry", TierConfig("local", None, None), tmp_path)
+    first, second = batch("k", 3), batch("m", 3)
+    assert await tier.set_many(first) == [None] * 3
+    assert await tier.set_many(second) == [None] * 3
+    assert caplog.text.count("no hard links") == 1
+    for entry in first + second:
+        got = await tier.get(entry.key)
+        assert got is not None
+        assert got.value == entry.value
+        assert os.stat(tier.path_for(entry.key)).st_nlink == 1
+    assert temp_files(tmp_path) == []
+    assert (await tier.stats()).entries == 6

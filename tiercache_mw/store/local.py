@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hashlib
 import itertools
 import logging
@@ -90,10 +91,16 @@ def _load(handle: BinaryIO, digest: bytes) -> tuple[bytes, os.stat_result]:
     offset, length = where
     data = head[offset : offset + length]
     if len(data) < length:
-        data = os.pread(handle.fileno(), length, offset)
+        handle.seek(offset)
+        data = handle.read(length)
         if len(data) < length:
             raise CodecError("truncated pack record")
     return data, stat
+
+
+def _no_hard_links(failure: BaseException | None) -> bool:
+    """True for the error of a filesystem that does not take hard links (FAT, some mounts)."""
+    return isinstance(failure, OSError) and failure.errno in (errno.EPERM, errno.EOPNOTSUPP)
 
 
 def _outcome(call: Callable[..., object], *args: Any) -> BaseException | None:
@@ -140,6 +147,7 @@ class LocalTier:
         self.root = Path(root)
         self._root = os.fspath(self.root)
         self._dirs: set[str] = set()  # fan-out directories known to exist
+        self._packs = True  # False once the filesystem refused a hard link
         self.max_bytes = tier.max_size_bytes
         self.on_remove = on_remove
         self.clock = clock
@@ -280,7 +288,11 @@ class LocalTier:
         self._landed([(rel, len(data), entry.key)], now)
 
     def _write_many(self, entries: list[Entry]) -> list[BaseException | None]:
-        if len(entries) < 2 or getattr(self._write, "__func__", None) is not LocalTier._write:
+        if (
+            len(entries) < 2
+            or not self._packs
+            or getattr(self._write, "__func__", None) is not LocalTier._write
+        ):
             # A pack of one saves nothing. A subclass or instance that replaced the per-entry
             # body (an instrumented or gated tier, as tests use) keeps one call per entry.
             return [_outcome(self._write, entry) for entry in entries]
@@ -317,6 +329,17 @@ class LocalTier:
             [(rel, len(data), key) for rel, key, index, data in records if results[index] is None],
             now,
         )
+        unlinkable = [i for _, _, i, _ in records if _no_hard_links(results[i])]
+        if unlinkable:
+            if self._packs:
+                log.warning(
+                    "dry tier: no hard links in %s, one file per entry from now on: %s",
+                    self._root,
+                    results[unlinkable[0]],
+                )
+            self._packs = False
+            for index in unlinkable:
+                results[index] = _outcome(self._write, entries[index])
         return results
 
     def _write_temp(self, directory: str, data: bytes, mtime: float | None) -> str:
