@@ -9,7 +9,6 @@ the pure functions in `tiercache_mw.http`; the store is `TierCache`'s entry API.
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import logging
 import time
@@ -325,7 +324,7 @@ class HttpCache:
             headers = [(b"content-length", b"0"), age_header, (b"cache-status", status_value)]
             return Reply(412, headers, b"")
         # ASK_APP is sent as stored: the app was asked (`reuse`), or is failing (stale-if-error).
-        headers = stored.headers.copy()
+        headers = list(stored.headers)
         headers += [age_header, (b"cache-status", status_value)]
         return Reply(stored.status, headers, b"" if request.method == "HEAD" else stored.body)
 
@@ -541,7 +540,7 @@ class HttpCache:
             return
         if not validator_matches(entry.value, headers):
             # The representation changed: keep the entry but make its next use validate.
-            stale = dataclasses.replace(entry.value, freshness_lifetime=0.0)
+            stale = entry.value.replace(freshness_lifetime=0.0)
             self.cache.put(self.cache.make_entry(exchange.key, stale, entry.tags, entry.residency))
             return
         updated = self._freshen(exchange, entry.value, headers, policy, now)

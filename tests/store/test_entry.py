@@ -8,6 +8,7 @@ import pytest
 from tiercache_mw.store.codec import decode_entry, encode_entry
 from tiercache_mw.store.entry import (
     ENTRY_OVERHEAD_BYTES,
+    NO_EXTRA,
     RESPONSE_OVERHEAD_BYTES,
     Entry,
     Residency,
@@ -63,6 +64,12 @@ def test_a_given_size_is_kept_and_can_be_set() -> None:
     assert Entry("v", {"a": 1}, (), RESIDENCY, 42).size == 42
 
 
+def test_a_given_size_equal_to_the_derived_one_is_not_kept() -> None:
+    entry = Entry("b", b"12345", (), RESIDENCY, 5 + ENTRY_OVERHEAD_BYTES)
+    assert type(entry) is Entry  # no slot for a size: 8 B on every entry
+    assert entry.size == 5 + ENTRY_OVERHEAD_BYTES
+
+
 def test_a_value_that_cannot_say_its_size_needs_one() -> None:
     with pytest.raises(ValueError, match="needs a size"):
         Entry("v", {"a": 1}, (), RESIDENCY)
@@ -95,24 +102,28 @@ def _response(**fields: object) -> StoredResponse:
     return StoredResponse(200, [(b"x-a", b"1")], b"body", response_time=5.0, **fields)  # type: ignore[arg-type]
 
 
-def test_a_copy_by_dataclasses_replace_keeps_every_rule() -> None:
-    import dataclasses
-
+def test_a_copy_by_replace_keeps_every_field_but_the_hit_memo() -> None:
     original = _response(
         freshness_lifetime=60.0, initial_age=1.5, stale_while_revalidate=5.0,
         stale_if_error=30.0, requires_validation=True, must_revalidate=True, etag=b'"e"',
-        vary=("accept",), extra={"k": "v"},
+        last_modified=b"Mon, 01 Jan 2024 00:00:00 GMT", vary=("accept",), extra={"k": "v"},
     )  # fmt: skip
-    copy = dataclasses.replace(original, freshness_lifetime=0.0)
+    original.hit_memo = (0.0, 1.0, None, [], None)
+    copy = original.replace(freshness_lifetime=0.0)
     assert copy.freshness_lifetime == 0.0
+    assert copy.hit_memo is None
     kept = (
-        "initial_age", "stale_while_revalidate", "stale_if_error", "requires_validation",
-        "must_revalidate", "etag", "vary", "extra", "response_time", "body", "headers",
+        "status", "initial_age", "stale_while_revalidate", "stale_if_error",
+        "requires_validation", "must_revalidate", "etag", "last_modified", "vary", "extra",
+        "response_time", "body", "headers",
     )  # fmt: skip
     assert {name: getattr(copy, name) for name in kept} == {
         name: getattr(original, name) for name in kept
     }
-    assert dataclasses.replace(original, extra={"n": 1}).extra == {"n": 1}
+    assert original.replace(extra={"n": 1}).extra == {"n": 1}
+    assert original.replace(status=203).status == 203
+    with pytest.raises(TypeError, match="no field 'request_time'"):
+        original.replace(request_time=1.0)
 
 
 def test_responses_with_the_same_rules_share_them() -> None:
@@ -121,6 +132,22 @@ def test_responses_with_the_same_rules_share_them() -> None:
     assert first._policy is second._policy
     assert first.freshness_lifetime is second.freshness_lifetime
     assert _response(stale_while_revalidate=6.0).stale_while_revalidate == 6.0
+    assert StoredResponse(404, [], b"", response_time=5.0).status == 404
+
+
+def test_responses_with_extras_keep_their_own() -> None:
+    first, second = _response(extra={"k": 1}), _response(extra={"k": 2})
+    assert (first.extra, second.extra) == ({"k": 1}, {"k": 2})
+    assert _response().extra is NO_EXTRA
+    assert _response()._policy is _response()._policy
+
+
+def test_headers_are_kept_as_a_tuple_with_shared_pairs() -> None:
+    response = StoredResponse(200, [(b"x-a", b"1")], b"", response_time=5.0)
+    assert response.headers == ((b"x-a", b"1"),)
+    interned = intern_headers([(b"x-shared", b"yes")])
+    assert interned == ((b"x-shared", b"yes"),)
+    assert intern_headers([(b"x-shared", b"yes")])[0] is interned[0]
 
 
 def test_initial_age_is_kept_to_the_millisecond_rounded_up_and_shared() -> None:

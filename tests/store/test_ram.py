@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from tests.store.tier_contract import MakeTier, TierContract, contract_entry
+from tests.store.tier_contract import MakeTier, TierContract
 from tiercache_mw.config import TierConfig
 from tiercache_mw.store.base import Tier
 from tiercache_mw.store.entry import ENTRY_OVERHEAD_BYTES, Entry, Residency
@@ -40,9 +40,7 @@ class TestRamTier(TierContract):
 
 
 def sized(key: str, size: int, residency: Residency | None = None) -> Entry:
-    entry = contract_entry(key, b"", residency=residency)
-    entry.size = size
-    return entry
+    return Entry(key, b"", (("type", "t"),), residency or Residency(None, None, None), size)
 
 
 def ram(max_bytes: int | None, eviction: str = "sieve", **kwargs: object) -> RamTier:
@@ -119,6 +117,26 @@ def test_residency_counts_from_last_use_and_sweep_moves_expired_down() -> None:
     assert [entry.key for entry in tier.evicted] == ["idle"]  # type: ignore[attr-defined]
     assert tier.get_now("used") is not None
     assert tier.get_now("forever") is not None
+
+
+@pytest.mark.parametrize(
+    ("name", "tier_ttl", "residency_left"),
+    [("hot", 99.0, 5.0), ("cold", 99.0, 20.0), ("edge", 12.0, 12.0)],
+)
+def test_each_tier_reads_its_own_residency(
+    name: str, tier_ttl: float, residency_left: float
+) -> None:
+    """hot and cold read their field of the entry's Residency; another name, the tier's ttl."""
+    clock = FakeClock()
+    tier = RamTier(name, TierConfig("ram", tier_ttl, None), clock=clock)
+    tier.put(sized("k", 100, Residency(5.0, 20.0, None)))
+    clock.now += residency_left - 0.5
+    assert tier.get_now("k") is not None
+    clock.now += residency_left + 0.5
+    assert tier.take_expired("k") is not None
+    tier.put(sized("k", 100, Residency(5.0, 20.0, None)))
+    clock.now += residency_left + 0.5
+    assert tier.sweep() == 1
 
 
 def test_an_entry_moves_between_tiers_and_leaves_no_links_behind() -> None:

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 from typing import TYPE_CHECKING
 
@@ -231,4 +230,4 @@ def freshen(
         cc=merged_cc,
         policy=policy,
     )
-    return dataclasses.replace(updated, extra=dict(stored.extra))
+    return updated.replace(extra=stored.extra)  # read-only, so shared as it is

@@ -8,7 +8,7 @@ durable tiers keep the bytes from `tiercache_mw.store.codec`.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, TypeVar
@@ -21,6 +21,7 @@ __all__ = [
     "Entry",
     "HitMemo",
     "Residency",
+    "StoredHeaders",
     "StoredResponse",
     "Tags",
     "header_bytes",
@@ -33,18 +34,19 @@ T = TypeVar("T")
 # Tags are (name, value) pairs; a name may repeat (several surrogate keys), so not a dict.
 Tags = tuple[tuple[str, str], ...]
 URL_TAG = "url"  # the tag tiercache_mw.engine puts on every HTTP entry
+StoredHeaders = tuple[tuple[bytes, bytes], ...]
 
-# What one RAM entry costs beyond its payload bytes: the Entry (which carries the SIEVE links
-# and the tier's residency), the key string, the value's object header, last use as a float
-# and the tier's index slot; a StoredResponse value adds its own object, its header list and
-# its response_time float. Measured with tracemalloc on CPython 3.11 (tests/bench memory,
-# 200,000 entries with a 27-character URL key: 358 B traced for a 64-byte bytes value, 598 B
-# for a response with a 64-byte body and three shared headers); budgets count them so that
-# `max_size_gb` holds for real memory, not just payload.
-ENTRY_OVERHEAD_BYTES = 294
-RESPONSE_OVERHEAD_BYTES = 208
+# What one RAM entry costs beyond its payload bytes: the Entry (which carries the SIEVE links),
+# the key string, the value's object header, last use as a float and the tier's index slot;
+# a StoredResponse value adds its own object, its header tuple and its response_time float.
+# Measured with tracemalloc on CPython 3.11 (tests/bench memory, 200,000 entries with a
+# 27-character URL key: 342 B traced for a 64-byte bytes value, 542 B for a response with a
+# 64-byte body and three shared headers; at 1,000,000 the index costs ~8 B less per entry);
+# budgets count them so that `max_size_gb` holds for real memory, not just payload.
+ENTRY_OVERHEAD_BYTES = 278
+RESPONSE_OVERHEAD_BYTES = 176
 # Each stored header costs a 2-tuple and two bytes objects beyond its characters, or only
-# a list slot when its (name, value) pair is shared (see `intern_headers`).
+# a tuple slot when its (name, value) pair is shared (see `intern_headers`).
 HEADER_OVERHEAD_BYTES = 130
 SHARED_HEADER_BYTES = 8
 
@@ -67,10 +69,10 @@ HEADER_INTERN_VALUE_MAX = 128  # longer values (cookies, CSP) rarely repeat
 _header_pairs: dict[tuple[bytes, bytes], tuple[bytes, bytes]] = {}
 
 
-def intern_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+def intern_headers(headers: Iterable[tuple[bytes, bytes]]) -> StoredHeaders:
     """`headers` with repeated (name, value) pairs replaced by one shared tuple each."""
     table = _header_pairs
-    shared = list(headers)  # sized exactly, unlike a list grown by append
+    shared = list(headers)
     for index, pair in enumerate(shared):
         found = table.get(pair)
         if found is None:
@@ -79,11 +81,11 @@ def intern_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, byte
             # setdefault is atomic under the GIL: two threads keep the same tuple.
             found = table.setdefault(pair, pair)
         shared[index] = found
-    return shared
+    return tuple(shared)
 
 
 def header_bytes(pair: tuple[bytes, bytes]) -> int:
-    """What one stored header costs an entry: a list slot when the pair is shared through
+    """What one stored header costs an entry: a tuple slot when the pair is shared through
     `intern_headers`, else its characters plus a tuple and two bytes objects."""
     if _header_pairs.get(pair) is pair:
         return SHARED_HEADER_BYTES
@@ -104,14 +106,18 @@ class Residency:
 
 @dataclass(slots=True, frozen=True)
 class _Policy:
-    """The reuse rules of a response: few distinct combinations, so one shared object each
-    (see `_shared`) instead of five slots per response."""
+    """What rarely differs between responses: the reuse rules and the extras. Few distinct
+    combinations, so one shared object each (see `_shared`) instead of six slots per
+    response."""
 
     stale_while_revalidate: float
     stale_if_error: float
     requires_validation: bool
     must_revalidate: bool
     vary: tuple[str, ...]
+    # Not compared or hashed: only policies with NO_EXTRA are shared (a Mapping cannot be
+    # hashed), so the shared ones all hold the same object here.
+    extra: Mapping[str, Any] = field(compare=False)
 
 
 # Bounded like the header table: once full, new values are kept as they are, never evicted.
@@ -132,21 +138,27 @@ def _shared(value: T, table: dict[T, T]) -> T:
     return table.setdefault(value, value)
 
 
-@dataclass(slots=True, eq=False, init=False)
 class StoredResponse:
     """An HTTP response as the cache serves it again.
 
     `headers` are the app's headers with lowercased names, minus the ones the cache owns
     (Age, Cache-Status, hop-by-hop, surrogate keys), ready to send with only Age and
-    Cache-Status appended. The timing fields are wall-clock seconds (time.time()).
+    Cache-Status appended; a tuple, so a hit that sends them copies them into a list. The
+    timing fields are wall-clock seconds (time.time()).
 
     Held a million times over in RAM, so what rarely differs between responses (the stale
-    allowances, no-cache, must-revalidate, Vary) is one shared `_Policy`, read through
-    properties; `request_time` only serves to derive `initial_age`, so it is not kept.
+    allowances, no-cache, must-revalidate, Vary, the extras) is one shared `_Policy`, read
+    through properties; `request_time` only serves to derive `initial_age`, so it is not
+    kept. `status` stays a slot: every hot hit reads it, and a property costs ~50 ns there.
+    A plain slotted class rather than a dataclass: `dataclasses.replace` could not hand the
+    shared rules over, `replace` does.
     """
 
+    __slots__ = ("_policy", "body", "etag", "freshness_lifetime", "headers", "hit_memo",
+                 "initial_age", "last_modified", "response_time", "status")  # fmt: skip
+
     status: int
-    headers: list[tuple[bytes, bytes]]
+    headers: StoredHeaders
     body: bytes
     response_time: float
     # Derived once by tiercache_mw.http when the response is stored, so a hit only compares.
@@ -154,16 +166,14 @@ class StoredResponse:
     initial_age: float  # corrected_initial_age of RFC 9111 §4.2.3 at response_time
     etag: bytes | None
     last_modified: bytes | None
-    extra: Mapping[str, Any]  # shared, not copied
-    _policy: _Policy = field(repr=False)
-    # tiercache_mw.hot's memo, process-local and never encoded. Not an init field, so
-    # dataclasses.replace (a freshened copy) starts without it.
-    hit_memo: HitMemo | None = field(init=False, repr=False)
+    _policy: _Policy
+    # tiercache_mw.hot's memo, process-local and never encoded; a copy starts without it.
+    hit_memo: HitMemo | None
 
     def __init__(
         self,
         status: int,
-        headers: list[tuple[bytes, bytes]],
+        headers: Iterable[tuple[bytes, bytes]],
         body: bytes,
         request_time: float | None = None,
         *,
@@ -177,14 +187,12 @@ class StoredResponse:
         etag: bytes | None = None,
         last_modified: bytes | None = None,
         vary: tuple[str, ...] = (),  # lowercased field names from Vary, "*" included
-        extra: Mapping[str, Any] = NO_EXTRA,
-        _policy: _Policy | None = None,
+        extra: Mapping[str, Any] = NO_EXTRA,  # shared, not copied
     ) -> None:
-        """`_policy` is how dataclasses.replace hands the rules of the copied response over;
-        with it, the five policy arguments are ignored."""
         del request_time
         self.status = status
-        self.headers = headers
+        # A tuple is 24 B smaller than a list of the same headers.
+        self.headers = headers if type(headers) is tuple else tuple(headers)
         self.body = body
         self.response_time = response_time
         self.freshness_lifetime = _shared(freshness_lifetime, _lifetimes)  # max-age repeats
@@ -195,13 +203,40 @@ class StoredResponse:
         self.initial_age = initial_age
         self.etag = etag
         self.last_modified = last_modified
-        self.extra = extra
-        if _policy is None:
-            _policy = _Policy(
-                stale_while_revalidate, stale_if_error, requires_validation, must_revalidate, vary
-            )
-        self._policy = _shared(_policy, _policies)
+        policy = _Policy(
+            stale_while_revalidate,
+            stale_if_error,
+            requires_validation,
+            must_revalidate,
+            vary,
+            extra,
+        )
+        self._policy = _shared(policy, _policies) if extra is NO_EXTRA else policy
         self.hit_memo = None
+
+    def replace(self, **changes: Any) -> StoredResponse:
+        """A copy with `changes` (constructor arguments) applied, without the hit memo."""
+        policy = self._policy
+        fields: dict[str, Any] = {
+            "status": self.status,
+            "headers": self.headers,
+            "body": self.body,
+            "response_time": self.response_time,
+            "freshness_lifetime": self.freshness_lifetime,
+            "initial_age": self.initial_age,
+            "stale_while_revalidate": policy.stale_while_revalidate,
+            "stale_if_error": policy.stale_if_error,
+            "requires_validation": policy.requires_validation,
+            "must_revalidate": policy.must_revalidate,
+            "etag": self.etag,
+            "last_modified": self.last_modified,
+            "vary": policy.vary,
+            "extra": policy.extra,
+        }
+        unknown = changes.keys() - fields.keys()
+        if unknown:
+            raise TypeError(f"StoredResponse has no field {sorted(unknown)[0]!r}")
+        return StoredResponse(**(fields | changes))
 
     @property
     def stale_while_revalidate(self) -> float:
@@ -224,8 +259,19 @@ class StoredResponse:
         return self._policy.vary
 
     @property
+    def extra(self) -> Mapping[str, Any]:
+        return self._policy.extra
+
+    @property
     def payload_bytes(self) -> int:
         return len(self.body) + sum(map(header_bytes, self.headers))
+
+    def __repr__(self) -> str:
+        return (
+            f"StoredResponse(status={self.status!r}, headers={self.headers!r}, "
+            f"body=<{len(self.body)} bytes>, response_time={self.response_time!r}, "
+            f"freshness_lifetime={self.freshness_lifetime!r}, initial_age={self.initial_age!r})"
+        )
 
 
 class _KeyUrlTags(tuple):  # type: ignore[type-arg]
@@ -268,11 +314,27 @@ class Entry:
 
     A plain slotted class, not a dataclass: it holds a million times over, so what can be
     derived (the url tag, the size of bytes and responses) is not stored, and the RAM tier's
-    SIEVE queue links live here instead of in a node object of their own.
+    SIEVE queue links live here instead of in a node object of their own. An entry whose size
+    cannot be derived from its value is built as a `_SizedEntry`, which alone pays for a
+    slot holding it.
     """
 
-    __slots__ = ("_size", "_tags", "hits", "key", "last_used", "newer", "older", "residency",
-                 "ttl", "value", "visited")  # fmt: skip
+    __slots__ = ("_tags", "hits", "key", "last_used", "newer", "older", "residency", "value",
+                 "visited")  # fmt: skip
+
+    def __new__(
+        cls,
+        key: str,
+        value: Any,
+        tags: Tags,
+        residency: Residency,
+        size: int | None = None,
+        created_at: float | None = None,
+        last_used: float = 0.0,
+    ) -> Entry:
+        if size is not None and size != _derived_size(value):
+            cls = _SizedEntry
+        return object.__new__(cls)
 
     def __init__(
         self,
@@ -289,23 +351,18 @@ class Entry:
         `created_at` is accepted from callers of the old signature and not kept: nothing
         read it, and a float per entry costs 32 B."""
         del created_at
+        if size is None and not isinstance(value, StoredResponse | bytes):
+            raise ValueError(f"entry {key!r}: a {type(value).__name__} value needs a size")
         self.key = key
         self.value = value
         self._tags = _compact_tags(key, tags)
         self.residency = residency
-        if size is None:
-            if not isinstance(value, StoredResponse | bytes):
-                raise ValueError(f"entry {key!r}: a {type(value).__name__} value needs a size")
-        elif size == _derived_size(value):
-            size = None  # an int object per entry (32 B) saved
-        self._size = size
         self.last_used = last_used  # time.monotonic() in RAM tiers; time.time() once encoded
         self.visited = False  # SIEVE's bit: set on hit, cleared when the hand passes
         # Hits since the last tracking flush, counted here so a hit writes no shared dict;
         # the TierCache notes the entry on its first hit and the flush harvests and resets it.
         self.hits = 0
-        # Owned by the one RamTier holding the entry: its residency there and SIEVE links.
-        self.ttl: float | None = None
+        # SIEVE links, owned by the one RamTier holding the entry.
         self.newer: Entry | None = None
         self.older: Entry | None = None
 
@@ -320,16 +377,37 @@ class Entry:
     def size(self) -> int:
         """Bytes the entry is accounted for in a RAM budget; stable for the entry's life
         (a stored response is not changed once it is in an entry)."""
-        size = self._size
-        if size is None:
-            derived = _derived_size(self.value)
-            assert derived is not None
-            return derived
-        return size
+        derived = _derived_size(self.value)
+        assert derived is not None  # else __new__ made a _SizedEntry
+        return derived
+
+    def __repr__(self) -> str:
+        return f"Entry(key={self.key!r}, value={self.value!r}, tags={self.tags!r})"
+
+
+class _SizedEntry(Entry):
+    """An entry with its size given: a msgpack value, or a size other than the derived one."""
+
+    __slots__ = ("_size",)
+
+    def __init__(
+        self,
+        key: str,
+        value: Any,
+        tags: Tags,
+        residency: Residency,
+        size: int | None = None,
+        created_at: float | None = None,
+        last_used: float = 0.0,
+    ) -> None:
+        super().__init__(key, value, tags, residency, size, created_at, last_used)
+        assert size is not None  # Entry.__new__ makes a _SizedEntry only with a size
+        self._size = size
+
+    @property
+    def size(self) -> int:
+        return self._size
 
     @size.setter
     def size(self, size: int) -> None:
         self._size = size
-
-    def __repr__(self) -> str:
-        return f"Entry(key={self.key!r}, value={self.value!r}, tags={self.tags!r})"

@@ -14,6 +14,7 @@ the first unvisited entry. LRU moves the entry to the newest end on every hit in
 
 from __future__ import annotations
 
+import operator
 import threading
 import time
 from collections import OrderedDict
@@ -26,6 +27,7 @@ from tiercache_mw.store.entry import Entry
 __all__ = ["RamTier"]
 
 EVICTION_POLICIES = ("sieve", "lru")
+TIER_NAMES = ("hot", "cold", "dry")  # the fields of a Residency
 
 
 class RamTier:
@@ -50,6 +52,10 @@ class RamTier:
         self.on_evict = on_evict
         self.clock = clock
         self.lru = tier.eviction == "lru"
+        # An entry's residency here is read from its Residency when needed, not kept on the
+        # entry (8 B each); the hit path reads hot's field directly, without a call.
+        self._hot = name == "hot"
+        self._residency_field = operator.attrgetter(name) if name in TIER_NAMES else None
         # LRU needs move_to_end on a hit; OrderedDict does that in C under the GIL.
         self._index: dict[str, Entry] = OrderedDict() if self.lru else {}
         self._lock = threading.Lock()
@@ -68,7 +74,7 @@ class RamTier:
         if entry is None:
             return None
         now = self.clock()
-        ttl = entry.ttl
+        ttl = entry.residency.hot if self._hot else self.ttl_for(entry)
         if ttl is not None and now - entry.last_used > ttl:
             return None  # past residency: the sweeper (or the TierCache) moves it down
         entry.last_used = now
@@ -93,9 +99,11 @@ class RamTier:
 
     def ttl_for(self, entry: Entry) -> float | None:
         """The entry's own residency here (the TierCache filled in tier defaults)."""
-        if self.name in ("hot", "cold", "dry"):
-            return entry.residency.for_tier(self.name)
-        return self.default_ttl
+        field = self._residency_field
+        if field is None:
+            return self.default_ttl
+        ttl: float | None = field(entry.residency)
+        return ttl
 
     # ---- mutations (under the lock) ---------------------------------------------------------
     def put(self, entry: Entry, *, replace: bool = True) -> bool:
@@ -120,7 +128,6 @@ class RamTier:
                 if self.max_bytes is not None:
                     while self._size + entry.size > self.max_bytes and self._index:
                         evicted.append(self._evict_one())
-                entry.ttl = self.ttl_for(entry)
                 self._link(entry)
         self._hand_over(evicted)
         return True
@@ -147,8 +154,15 @@ class RamTier:
         """Move every entry past its residency to `on_evict`; returns how many left."""
         now = self.clock()
         expired: list[Entry] = []
-        # Checked on a snapshot, removed under the lock: a sweep never stalls hits.
-        candidates = [entry for entry in list(self._index.values()) if self._expired(entry, now)]
+        field, ttl = self._residency_field, self.default_ttl
+        # Checked on a snapshot, removed under the lock: a sweep never stalls hits. `_expired`
+        # inlined: a Python call per entry would make a sweep of a million ~50 % slower.
+        candidates = [
+            entry
+            for entry in list(self._index.values())
+            if (ttl := ttl if field is None else field(entry.residency)) is not None
+            and now - entry.last_used > ttl
+        ]
         if not candidates:
             return 0
         with self._lock:
@@ -193,9 +207,9 @@ class RamTier:
         return None
 
     # ---- internals ----------------------------------------------------------------------------
-    @staticmethod
-    def _expired(entry: Entry, now: float) -> bool:
-        return entry.ttl is not None and now - entry.last_used > entry.ttl
+    def _expired(self, entry: Entry, now: float) -> bool:
+        ttl = self.ttl_for(entry)
+        return ttl is not None and now - entry.last_used > ttl
 
     def _hand_over(self, entries: list[Entry]) -> None:
         if self.on_evict is not None:
