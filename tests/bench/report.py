@@ -384,9 +384,11 @@ def markdown(run: Run, chart_name: str, analysis: str = "") -> str:
         "the scan trace adds a one-off scan of 5 % of the key space after every 10 % of requests. "
         "Per-hit cost: `get_now` on keys present, median of 5 rounds.",
         "- **Dry absorbing demotions**: hot hits through `CacheMiddleware`, each timed alone, with "
-        "an `asyncio.sleep(0)` between hits; the busy run adds a task on the same loop that puts "
-        "new entries at the target rate into a hot tier of ~64 entries whose cold tier is smaller "
-        "than one entry, so each put demotes one entry to the dry tier.",
+        "an `asyncio.sleep(0)` between hits, in six quiet and six busy phases that alternate (so "
+        "drift in machine load lands on both); a busy phase adds a task on the same loop that "
+        "puts new entries at the target rate into a hot tier of ~64 entries whose cold tier is "
+        "smaller than one entry, so each put demotes one entry to the dry tier. Rates are per "
+        "second of busy phase; 'absorbed' means no demotion was dropped.",
         "",
         "## In-process: µs per request",
         "",
