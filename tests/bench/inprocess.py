@@ -1,10 +1,14 @@
 """In-process timing: call each app with a prebuilt scope or environ, the way a server would,
 many times; report the median over rounds of the mean time per request.
 
-ASGI apps are timed in two modes, alternating round by round on one uvloop event loop:
-"direct" awaits `app(scope, receive, send)` in a loop, so no event-loop iteration happens unless
-the app itself waits; "task" runs each request as uvicorn does, in a new task awaited before the
-next one, so every request pays the loop's scheduling as it does under a server.
+Every app is timed in two modes, alternating round by round. "direct" calls the app and
+nothing else: ASGI apps are awaited in a loop on uvloop, so no event-loop iteration happens
+unless the app itself waits; WSGI apps are called and their body joined. "server" runs each
+request the way its server does, still in-process: an ASGI request in a new task awaited
+before the next one (uvicorn's dispatch on uvloop), a WSGI request through gunicorn's own
+request path (its parser, environ builder, start_response and response writer, writing to a
+socket stand-in). The first says what the app costs alone, the second what share of a
+server's per-request work it adds.
 
 The responses land in a bounded window, like a server that writes each message and drops it:
 nothing accumulates over a round to be scanned by the garbage collector, which stays on, so
@@ -33,7 +37,7 @@ from tests.bench import subjects as s
 from tests.bench.suite import Spec
 
 __all__ = [
-    "ASGI_MODES",
+    "MODES",
     "WINDOW",
     "InProcessResult",
     "Plan",
@@ -46,7 +50,7 @@ SETTLE_TIMEOUT = 10.0
 # ASGI messages / WSGI responses kept for the checks: a dozen responses or more, few enough
 # that the sink never grows with the round.
 WINDOW = 32
-ASGI_MODES = ("direct", "task")
+MODES = ("direct", "server")
 
 
 @dataclass(frozen=True)
@@ -68,7 +72,7 @@ class InProcessResult:
     us_min: float  # fastest round
     spread: float  # (slowest - fastest) / median over rounds
     calls: int  # measured calls in total
-    mode: str = "direct"  # one of ASGI_MODES; WSGI apps are always called directly
+    mode: str = "direct"  # one of MODES
 
 
 class BenchCheckError(AssertionError):
@@ -223,7 +227,7 @@ async def _measure_asgi(spec: Spec, app: Any, plan: Plan) -> list[InProcessResul
 
     async def one_round(n: int, mode: str) -> float:
         order = [scopes[i % len(scopes)] for i in range(n)]
-        task = mode == "task"
+        task = mode == "server"
         if flush is None:
             # Two loops rather than a test per request: the mode must cost nothing itself.
             t0 = time.perf_counter_ns()
@@ -246,21 +250,21 @@ async def _measure_asgi(spec: Spec, app: Any, plan: Plan) -> list[InProcessResul
         return total / n
 
     sizes: dict[str, int] = {}
-    for mode in ASGI_MODES:
+    for mode in MODES:
         estimate = await one_round(len(scopes) * 25, mode)
         sizes[mode] = _round_sizes(plan, estimate, flush is not None, len(scopes))
     window.clear()
-    rounds: dict[str, list[float]] = {mode: [] for mode in ASGI_MODES}
+    rounds: dict[str, list[float]] = {mode: [] for mode in MODES}
     for i in range(plan.rounds):
         # Alternating the order cancels a drift in machine load between the two modes.
-        for mode in ASGI_MODES if i % 2 == 0 else ASGI_MODES[::-1]:
+        for mode in MODES if i % 2 == 0 else MODES[::-1]:
             before = s.CALLS[spec.behind] if spec.behind else 0
             gc.collect()
             rounds[mode].append(await one_round(sizes[mode], mode))
             after = s.CALLS[spec.behind] if spec.behind else 0
             _check(spec, _asgi_responses(window), after - before, sizes[mode])
             window.clear()
-    return [_summarise(spec, rounds[mode], sizes[mode] * plan.rounds, mode) for mode in ASGI_MODES]
+    return [_summarise(spec, rounds[mode], sizes[mode] * plan.rounds, mode) for mode in MODES]
 
 
 async def _run_asgi(
@@ -307,7 +311,26 @@ def _settle_sync(cache: Any) -> None:
     raise BenchCheckError("demotions still pending after warm-up")
 
 
-def _measure_wsgi(spec: Spec, app: Any, plan: Plan) -> InProcessResult:
+class _SocketStandIn:
+    """What gunicorn's response writer needs of a socket; the bytes go nowhere."""
+
+    def sendall(self, data: bytes) -> None:
+        return None
+
+
+def _gunicorn_request(path: str) -> bytes:
+    return (
+        f"GET {path} HTTP/1.1\r\nHost: {HOST.decode()}\r\nUser-Agent: bench/1\r\n"
+        "Accept: */*\r\n\r\n"
+    ).encode()
+
+
+def _measure_wsgi(spec: Spec, app: Any, plan: Plan) -> list[InProcessResult]:
+    from gunicorn.config import Config
+    from gunicorn.http import wsgi as gunicorn_wsgi
+    from gunicorn.http.message import Request
+    from gunicorn.http.unreader import IterUnreader
+
     window: deque[tuple[str, list[tuple[str, str]], bytes]] = deque(maxlen=WINDOW)
     keep = window.append
     head: list[Any] = [None, None]
@@ -327,6 +350,34 @@ def _measure_wsgi(spec: Spec, app: Any, plan: Plan) -> InProcessResult:
                 close()
         keep((head[0], head[1], body))
 
+    cfg = Config()
+    sock = _SocketStandIn()
+    peer, server = ("127.0.0.1", 50000), ("127.0.0.1", 8000)
+
+    def serve(raw: bytes) -> None:
+        """gunicorn's sync worker's handle_request, minus the socket and the access log."""
+        request = Request(cfg, IterUnreader([raw]), peer, 1)
+        response, environ = gunicorn_wsgi.create(request, sock, peer, server, cfg)
+
+        def recording_start_response(
+            status: str, headers: list[tuple[str, str]], exc_info: Any = None
+        ) -> Any:
+            head[0], head[1] = status, headers
+            return response.start_response(status, headers, exc_info)
+
+        result = app(environ, recording_start_response)
+        parts = []
+        try:
+            for item in result:
+                response.write(item)
+                parts.append(item)
+            response.close()
+        finally:
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
+        keep((head[0], head[1], b"".join(parts)))
+
     def decoded() -> list[Response]:
         return [
             (int(status.split(" ", 1)[0]), {k.lower().encode(): v.encode() for k, v in hs}, body)
@@ -340,36 +391,50 @@ def _measure_wsgi(spec: Spec, app: Any, plan: Plan) -> InProcessResult:
         _settle_sync(cache)
     window.clear()
     environs = [wsgi_environ(path) for path in spec.paths]
+    requests = [_gunicorn_request(path) for path in spec.paths]
     tier = spec.flush
 
-    def one_round(n: int) -> float:
-        order = [environs[i % len(environs)] for i in range(n)]
+    def one_round(n: int, mode: str) -> float:
+        direct = mode == "direct"
+        inputs: list[Any] = environs if direct else requests
+        order = [inputs[i % len(inputs)] for i in range(n)]
         if tier is None:
             t0 = time.perf_counter_ns()
-            for environ in order:
-                call(environ.copy())
+            if direct:
+                for environ in order:
+                    call(environ.copy())
+            else:
+                for raw in order:
+                    serve(raw)
             return (time.perf_counter_ns() - t0) / n
         total = 0
         assert cache is not None, f"{spec.name}: flushing needs a tiercache middleware"
-        for environ in order:
+        for item in order:
             cache.flush_sync(tier)
             t0 = time.perf_counter_ns()
-            call(environ.copy())
+            if direct:
+                call(item.copy())
+            else:
+                serve(item)
             total += time.perf_counter_ns() - t0
         return total / n
 
-    estimate = one_round(len(environs) * 25)
+    sizes: dict[str, int] = {}
+    for mode in MODES:
+        estimate = one_round(len(environs) * 25, mode)
+        sizes[mode] = _round_sizes(plan, estimate, tier is not None, len(environs))
     window.clear()
-    n = _round_sizes(plan, estimate, tier is not None, len(environs))
-    rounds: list[float] = []
-    for _ in range(plan.rounds):
-        before = s.CALLS[spec.behind] if spec.behind else 0
-        gc.collect()
-        rounds.append(one_round(n))
-        after = s.CALLS[spec.behind] if spec.behind else 0
-        _check(spec, decoded(), after - before, n)
-        window.clear()
-    return _summarise(spec, rounds, n * plan.rounds, "direct")
+    rounds: dict[str, list[float]] = {mode: [] for mode in MODES}
+    for i in range(plan.rounds):
+        # Alternating the order cancels a drift in machine load between the two modes.
+        for mode in MODES if i % 2 == 0 else MODES[::-1]:
+            before = s.CALLS[spec.behind] if spec.behind else 0
+            gc.collect()
+            rounds[mode].append(one_round(sizes[mode], mode))
+            after = s.CALLS[spec.behind] if spec.behind else 0
+            _check(spec, decoded(), after - before, sizes[mode])
+            window.clear()
+    return [_summarise(spec, rounds[mode], sizes[mode] * plan.rounds, mode) for mode in MODES]
 
 
 def run_wsgi_specs(
@@ -381,11 +446,11 @@ def run_wsgi_specs(
         workdir.mkdir(parents=True, exist_ok=True)
         app = spec.build(workdir)
         try:
-            result = _measure_wsgi(spec, app, plan)
+            measured = _measure_wsgi(spec, app, plan)
         finally:
             cache = getattr(app, "cache", None)
             if cache is not None:
                 cache.close_sync()
-        log(f"  {spec.name:<22} {result.us:9.2f} µs/request")
-        results.append(result)
+        log(f"  {spec.name:<22} " + ", ".join(f"{r.us:9.2f} µs/request {r.mode}" for r in measured))
+        results.extend(measured)
     return results

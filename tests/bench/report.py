@@ -8,20 +8,23 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
-from tests.bench.inprocess import ASGI_MODES, WINDOW, InProcessResult
+from tests.bench.inprocess import MODES, WINDOW, InProcessResult
 from tests.bench.servers import ServerResult
 from tests.bench.store import BudgetResult, DryLoadResult, EvictionResult, MemoryResult
 from tests.bench.suite import Spec
 
 __all__ = ["Run", "Target", "chart", "markdown", "summary", "targets"]
 
-# How each in-process mode calls an ASGI app, for the summary and the doc.
-MODE_NAMES = {"direct": "direct await", "task": "task per request"}
+# How each in-process mode calls an app, for the summary and the doc.
+MODE_NAMES = {"direct": "direct call", "server": "as its server runs it"}
 MODE_HOW = {
-    "direct": "`await app(scope, receive, send)` in a loop, so the event loop runs no iteration "
-    "per request unless the app waits",
-    "task": "`await loop.create_task(app(scope, receive, send))` per request on uvloop, as uvicorn "
-    "runs a request, so every request pays the loop's scheduling",
+    "direct": "ASGI: `await app(scope, receive, send)` in a loop on uvloop, so the event loop "
+    "runs no iteration per request unless the app waits; WSGI: `app(environ, start_response)` "
+    "with a copied environ, the body joined",
+    "server": "ASGI: `await loop.create_task(app(scope, receive, send))` per request on uvloop, "
+    "as uvicorn runs a request, so every request pays the loop's scheduling; WSGI: gunicorn's "
+    "own request path in-process (its parser on the raw request, its environ, start_response "
+    "and response writer, to a socket stand-in), as its sync worker serves a request",
 }
 
 PACKAGES = (
@@ -109,7 +112,7 @@ def _by_spec(run: Run) -> list[tuple[Spec, dict[str, InProcessResult]]]:
 
 
 def _modes(kind: str) -> tuple[str, ...]:
-    return ASGI_MODES if kind == "asgi" else ("direct",)
+    return MODES
 
 
 def _inproc_target(run: Run, kind: str) -> Target:
@@ -270,7 +273,7 @@ def inprocess_rows(run: Run) -> list[list[str]]:
     rows = []
     for spec, by_mode in _by_spec(run):
         row = [spec.label, spec.kind.upper()]
-        for mode in ASGI_MODES:
+        for mode in MODES:
             r = by_mode.get(mode)
             row += (
                 [f"{r.us:.2f}", f"{r.us_min:.2f}", f"{_ratio(run, r):.1f}x"]
@@ -297,12 +300,12 @@ def server_rows(run: Run) -> list[list[str]]:
 def summary(run: Run) -> str:
     width = max((len(r.spec.label) for r in run.inprocess), default=10)
     lines = ["", "In-process (µs per request, median of rounds; x = vs the raw app, same mode):"]
-    lines += [f"  {MODE_NAMES[mode]}: {MODE_HOW[mode]}" for mode in ASGI_MODES]
-    lines.append(f"  {'':<{width}}  " + "  ".join(f"{MODE_NAMES[m]:>20}" for m in ASGI_MODES))
+    lines += [f"  {MODE_NAMES[mode]}: {MODE_HOW[mode]}" for mode in MODES]
+    lines.append(f"  {'':<{width}}  " + "  ".join(f"{MODE_NAMES[m]:>20}" for m in MODES))
     for spec, by_mode in _by_spec(run):
         cells = [
             f"{r.us:9.2f} µs {_ratio(run, r):7.1f}x" if (r := by_mode.get(mode)) else f"{'-':>20}"
-            for mode in ASGI_MODES
+            for mode in MODES
         ]
         lines.append(f"  {spec.label:<{width}}  " + "  ".join(cells))
     if run.servers:
@@ -355,8 +358,8 @@ def markdown(run: Run, chart_name: str, analysis: str = "") -> str:
         "every response kept is checked (status 200, the body, the `Cache-Status` detail that "
         "names the tier) and the app behind a cache must have run 0 times for hits and once per "
         "request for misses. Each ratio is to the raw app of the same kind measured the same way.",
-        "- **ASGI modes**: every ASGI subject is timed in two ways, in alternating rounds on one "
-        "uvloop event loop, said above its table; WSGI apps are plain calls, timed directly only.",
+        "- **Modes**: every subject is timed in two ways, in alternating rounds, said above its "
+        "table: called directly, and run the way its server runs a request.",
         "- **tiercache_mw tiers**: hot = a fresh entry in the hot RAM tier. Cold = two URLs "
         "alternating with a hot budget that holds one entry, so each request finds its entry in "
         'cold, promotes it and demotes the other. Dry = `flush(tier="hot")` (untimed) before each '
@@ -393,12 +396,12 @@ def markdown(run: Run, chart_name: str, analysis: str = "") -> str:
         "## In-process: µs per request",
         "",
     ]
-    out += [f"- **{m}** ({MODE_NAMES[m]}): {MODE_HOW[m]}." for m in ASGI_MODES] + [""]
+    out += [f"- **{m}** ({MODE_NAMES[m]}): {MODE_HOW[m]}." for m in MODES] + [""]
     out += _table(
         ["subject", "kind"]
         + [
             f"{m} {column}"
-            for m in ASGI_MODES
+            for m in MODES
             for column in ("µs/request (median)", "fastest round", "x raw app")
         ]
         + ["calls (all modes)"],
@@ -534,7 +537,7 @@ def chart(run: Run, path: Path) -> None:
     ax = axes[0][0]
     specs = sorted(_by_spec(run), key=lambda s: (s[0].kind, min(r.us for r in s[1].values())))
     ax.set_yticks(range(len(specs)), [spec.label for spec, _ in specs])
-    for offset, mode, hatch in ((-0.2, "direct", ""), (0.2, "task", "//")):
+    for offset, mode, hatch in ((-0.2, "direct", ""), (0.2, "server", "//")):
         bars = [(i, by_mode[mode]) for i, (_, by_mode) in enumerate(specs) if mode in by_mode]
         ax.barh(
             [i + offset for i, _ in bars], [r.us for _, r in bars], height=0.4, hatch=hatch,

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from tests.bench.__main__ import SMOKE
-from tests.bench.inprocess import ASGI_MODES
+from tests.bench.inprocess import MODES
 from tests.bench.suite import SPECS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,8 +33,7 @@ def test_smoke_run_reports_every_subject_and_target(tmp_path: Path) -> None:
     for spec in SPECS:
         row = [line for line in inproc if line.startswith(f"  {spec.label} ")]
         assert row, f"no in-process row for {spec.name}"
-        timed = len(ASGI_MODES) if spec.kind == "asgi" else 1
-        assert row[0].count(" µs ") == timed, row[0]
+        assert row[0].count(" µs ") == len(MODES), row[0]
     served = _section(out, "Under a server", "Targets:").splitlines()
     assert SMOKE.server_subjects is not None
     for name in SMOKE.server_subjects:
