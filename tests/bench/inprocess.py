@@ -26,7 +26,7 @@ import json
 import statistics
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -176,6 +176,18 @@ def _round_sizes(plan: Plan, estimate_ns: float, per_call: bool, paths: int) -> 
     return max(paths, calls - calls % paths)
 
 
+def _alternating(rounds: int) -> Iterator[str]:
+    """The modes, round by round, in an order reversed every other round: a drift in machine
+    load then lands on both."""
+    for i in range(rounds):
+        yield from MODES if i % 2 == 0 else MODES[::-1]
+
+
+def _calls(spec: Spec) -> int:
+    """Calls so far of the app behind the subject's cache (0 for subjects with none)."""
+    return s.CALLS[spec.behind] if spec.behind else 0
+
+
 def _summarise(spec: Spec, rounds_ns: list[float], calls: int, mode: str) -> InProcessResult:
     median = statistics.median(rounds_ns)
     return InProcessResult(
@@ -255,15 +267,12 @@ async def _measure_asgi(spec: Spec, app: Any, plan: Plan) -> list[InProcessResul
         sizes[mode] = _round_sizes(plan, estimate, flush is not None, len(scopes))
     window.clear()
     rounds: dict[str, list[float]] = {mode: [] for mode in MODES}
-    for i in range(plan.rounds):
-        # Alternating the order cancels a drift in machine load between the two modes.
-        for mode in MODES if i % 2 == 0 else MODES[::-1]:
-            before = s.CALLS[spec.behind] if spec.behind else 0
-            gc.collect()
-            rounds[mode].append(await one_round(sizes[mode], mode))
-            after = s.CALLS[spec.behind] if spec.behind else 0
-            _check(spec, _asgi_responses(window), after - before, sizes[mode])
-            window.clear()
+    for mode in _alternating(plan.rounds):
+        before = _calls(spec)
+        gc.collect()
+        rounds[mode].append(await one_round(sizes[mode], mode))
+        _check(spec, _asgi_responses(window), _calls(spec) - before, sizes[mode])
+        window.clear()
     return [_summarise(spec, rounds[mode], sizes[mode] * plan.rounds, mode) for mode in MODES]
 
 
@@ -425,15 +434,12 @@ def _measure_wsgi(spec: Spec, app: Any, plan: Plan) -> list[InProcessResult]:
         sizes[mode] = _round_sizes(plan, estimate, tier is not None, len(environs))
     window.clear()
     rounds: dict[str, list[float]] = {mode: [] for mode in MODES}
-    for i in range(plan.rounds):
-        # Alternating the order cancels a drift in machine load between the two modes.
-        for mode in MODES if i % 2 == 0 else MODES[::-1]:
-            before = s.CALLS[spec.behind] if spec.behind else 0
-            gc.collect()
-            rounds[mode].append(one_round(sizes[mode], mode))
-            after = s.CALLS[spec.behind] if spec.behind else 0
-            _check(spec, decoded(), after - before, sizes[mode])
-            window.clear()
+    for mode in _alternating(plan.rounds):
+        before = _calls(spec)
+        gc.collect()
+        rounds[mode].append(one_round(sizes[mode], mode))
+        _check(spec, decoded(), _calls(spec) - before, sizes[mode])
+        window.clear()
     return [_summarise(spec, rounds[mode], sizes[mode] * plan.rounds, mode) for mode in MODES]
 
 
