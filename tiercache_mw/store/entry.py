@@ -332,9 +332,11 @@ class Entry:
         created_at: float | None = None,
         last_used: float = 0.0,
     ) -> Entry:
-        if size is not None and size != _derived_size(value):
-            cls = _SizedEntry
-        return object.__new__(cls)
+        if size is None or size == _derived_size(value):
+            return object.__new__(cls)
+        sized = object.__new__(_SizedEntry)
+        sized._size = size
+        return sized
 
     def __init__(
         self,
@@ -389,20 +391,6 @@ class _SizedEntry(Entry):
     """An entry with its size given: a msgpack value, or a size other than the derived one."""
 
     __slots__ = ("_size",)
-
-    def __init__(
-        self,
-        key: str,
-        value: Any,
-        tags: Tags,
-        residency: Residency,
-        size: int | None = None,
-        created_at: float | None = None,
-        last_used: float = 0.0,
-    ) -> None:
-        super().__init__(key, value, tags, residency, size, created_at, last_used)
-        assert size is not None  # Entry.__new__ makes a _SizedEntry only with a size
-        self._size = size
 
     @property
     def size(self) -> int:
