@@ -98,6 +98,31 @@ def test_an_entry_written_by_the_previous_release_still_reads() -> None:
     )
 
 
+def test_a_response_written_by_the_previous_release_still_reads() -> None:
+    import msgpack
+
+    # A response as format 1 has always laid it out: the in-memory layout changed, not this.
+    wire = [203, [[b"content-type", b"text/plain"]], b"body", 4.0, 5.0, 60.0, 1.5, 5.0, 30.0,
+            True, False, b'"e"', None, ["accept"], {"k": "v"}]  # fmt: skip
+    old = msgpack.packb([1, URL, 2, wire, [["url", URL]], [None, 60.0, None], 0, 1.5, 2.5])
+    response = decode_entry(old).value
+    assert isinstance(response, StoredResponse)
+    assert (response.status, response.headers, response.body) == (
+        203,
+        ((b"content-type", b"text/plain"),),
+        b"body",
+    )
+    assert (response.response_time, response.freshness_lifetime, response.initial_age) == (
+        5.0,
+        60.0,
+        1.5,
+    )
+    assert (response.stale_while_revalidate, response.stale_if_error) == (5.0, 30.0)
+    assert (response.requires_validation, response.must_revalidate) == (True, False)
+    assert (response.etag, response.last_modified, response.vary) == (b'"e"', None, ("accept",))
+    assert response.extra == {"k": "v"}
+
+
 def _response(**fields: object) -> StoredResponse:
     return StoredResponse(200, [(b"x-a", b"1")], b"body", response_time=5.0, **fields)  # type: ignore[arg-type]
 
