@@ -200,6 +200,9 @@ class TierCache:
         self._drain_lock: asyncio.Lock | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._drain_task: asyncio.Task[None] | None = None
+        # Ends the background loops along with their cancel: _guard awaits backend calls
+        # inline, so a client that swallows a cancel must not keep a loop running forever.
+        self._closing = False
         self._bus: Any = None
         self._dry_dirty = False
         # Counters: plain ints bumped from many threads; a rare lost increment under
@@ -252,6 +255,7 @@ class TierCache:
         await asyncio.wrap_future(self._started)
 
     async def _start_on_loop(self) -> None:
+        self._closing = False
         self._drain_event = asyncio.Event()
         self._tracking_lock = asyncio.Lock()
         self._drain_lock = asyncio.Lock()
@@ -293,6 +297,7 @@ class TierCache:
         return any(tier is not None and len(tier) > 0 for tier in (self._hot_ram, self._cold_ram))
 
     async def _close_on_loop(self) -> None:
+        self._closing = True
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -617,7 +622,7 @@ class TierCache:
 
     async def _drain_forever(self) -> None:
         assert self._drain_event is not None
-        while True:
+        while not self._closing:
             await self._drain_event.wait()
             self._drain_event.clear()
             self._wake_sent = False
@@ -827,12 +832,12 @@ class TierCache:
 
     async def _tracking_forever(self) -> None:
         interval = max(0.01, self.config.tracking.flush_interval_seconds)
-        while True:
+        while not self._closing:
             await asyncio.sleep(interval)
             await self._flush_tracking()
 
     async def _sweep_forever(self) -> None:
-        while True:
+        while not self._closing:
             await asyncio.sleep(SWEEP_INTERVAL)
             await self._sweep()
 
@@ -914,7 +919,11 @@ class TierCache:
     async def _guard(self, name: str, awaitable: Awaitable[T], default: T) -> T:
         """Every backend call: an exception or a timeout is logged, counted, and a miss."""
         try:
-            return await asyncio.wait_for(awaitable, BACKEND_TIMEOUT)
+            # Not asyncio.wait_for: before Python 3.12 it returns the result when a cancel
+            # lands in the loop iteration the call completes in, and close() then waits
+            # forever for a background task that never saw its cancel.
+            async with asyncio.timeout(BACKEND_TIMEOUT):
+                return await awaitable
         except asyncio.CancelledError:
             raise
         except Exception as exc:
