@@ -153,3 +153,54 @@ async def test_guard_turns_a_stuck_backend_call_into_a_counted_miss(
     assert await asyncio.wait_for(guarded, BOUND) == "default"
     assert cache._errors["cold"] == 1
     assert stuck.cancelled()  # the call is abandoned, not left running
+
+
+class _SlowTracking(SqliteTracking):
+    """Real sqlite tracking whose next flush, once armed, waits before it writes."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.armed = False
+        self.flushing = threading.Event()
+
+    async def record_batch(self, *args: Any, **kwargs: Any) -> None:
+        if self.armed:
+            self.armed = False
+            self.flushing.set()
+            await asyncio.sleep(0.3)  # close() starts meanwhile and cancels the flush's task
+        await super().record_batch(*args, **kwargs)
+
+
+def test_close_during_a_tracking_flush_keeps_its_writes(tmp_path: Path) -> None:
+    """A delete recorded by a flush that close() interrupts must still reach the index, or
+    the key's row would outlive its entry (close's own flush finds the buffer empty)."""
+    cache = TierCache(config(tmp_path))
+    tracking = cache.tracking = _SlowTracking(tmp_path / "index.db")
+    cache.set_sync("gone", b"v")
+    cache.set_sync("kept", b"v")
+    assert cache._loop.run(_until_tracked(tracking, "gone"), timeout=BOUND)
+    tracking.armed = True
+    cache.delete_sync("gone")
+    assert tracking.flushing.wait(BOUND), "no tracking flush started after the delete"
+    cache.close_sync()
+
+    reopened = SqliteTracking(tmp_path / "index.db")
+
+    async def rows() -> tuple[Any, Any]:
+        await reopened.start()
+        try:
+            return await reopened.get("gone"), await reopened.get("kept")
+        finally:
+            await reopened.close()
+
+    gone, kept = asyncio.run(rows())
+    assert kept is not None
+    assert gone is None, "the interrupted flush's delete was lost"
+
+
+async def _until_tracked(tracking: SqliteTracking, key: str) -> bool:
+    for _ in range(int(BOUND / 0.01)):
+        if await tracking.get(key) is not None:
+            return True
+        await asyncio.sleep(0.01)
+    return False

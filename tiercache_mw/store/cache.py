@@ -118,6 +118,13 @@ class _TrackingBuffer:
             for key in keys:
                 self._ops[key] = None
 
+    def give_back(self, ops: dict[str, tuple[str, Tags, int, float] | None]) -> None:
+        """Ops a cancelled flush had taken, back for the next one; a newer op for the same
+        key, buffered meanwhile, wins."""
+        with self._lock:
+            for key, op in ops.items():
+                self._ops.setdefault(key, op)
+
     def count_hit(self, entry: Entry) -> None:
         """One hit on `entry`: an int bump, and a list append only on its first hit since
         the last flush. Lock-free: a hit racing the flush's reset may be lost (one count,
@@ -818,17 +825,31 @@ class TierCache:
             sets = [(k, *op) for k, op in ops.items() if op is not None]
             deletes = [k for k, op in ops.items() if op is None]
             hits = {key: (n, now) for key, n in hit_counts.items()}
-            batch = getattr(self.tracking, "record_batch", None)
-            if batch is not None:
-                await self._guard("tracking", batch(sets=sets, deletes=deletes, hits=hits), None)
-                return
-            tracking = self.tracking
-            if deletes:
-                await self._guard("tracking", tracking.record_delete(deletes), None)
-            for key, tier, tags, size, at in sets:
-                await self._guard("tracking", tracking.record_set(key, tier, tags, size, at), None)
-            if hits:
-                await self._guard("tracking", tracking.record_hits(hits), None)
+            try:
+                await self._write_tracking(sets, deletes, hits)
+            except asyncio.CancelledError:
+                # close() cancelled this flush: its own last flush writes these instead. Writing
+                # one again is harmless (upserts and deletes); hit counts are best effort.
+                self._buffer.give_back(ops)
+                raise
+
+    async def _write_tracking(
+        self,
+        sets: list[tuple[str, str, Tags, int, float]],
+        deletes: list[str],
+        hits: dict[str, tuple[int, float]],
+    ) -> None:
+        batch = getattr(self.tracking, "record_batch", None)
+        if batch is not None:
+            await self._guard("tracking", batch(sets=sets, deletes=deletes, hits=hits), None)
+            return
+        tracking = self.tracking
+        if deletes:
+            await self._guard("tracking", tracking.record_delete(deletes), None)
+        for key, tier, tags, size, at in sets:
+            await self._guard("tracking", tracking.record_set(key, tier, tags, size, at), None)
+        if hits:
+            await self._guard("tracking", tracking.record_hits(hits), None)
 
     async def _tracking_forever(self) -> None:
         interval = max(0.01, self.config.tracking.flush_interval_seconds)
