@@ -229,9 +229,9 @@ class CacheMiddleware:
 
     async def _wait_for(self, leader: asyncio.Future[None]) -> bool:
         try:
-            await asyncio.wait_for(
-                asyncio.shield(leader), self.engine.http.collapse_timeout_seconds
-            )
+            # asyncio.timeout, not wait_for: before 3.12 wait_for can drop a cancel.
+            async with asyncio.timeout(self.engine.http.collapse_timeout_seconds):
+                await asyncio.shield(leader)
         except TimeoutError:
             return False
         return True

@@ -60,7 +60,8 @@ class RedisPurgeBus:
         if self._subscribed is None:
             return False
         try:
-            await asyncio.wait_for(self._subscribed.wait(), seconds)
+            async with asyncio.timeout(seconds):  # not wait_for: it can drop a cancel (< 3.12)
+                await self._subscribed.wait()
         except TimeoutError:
             return False
         return True

@@ -87,7 +87,9 @@ class MemcachedTier:
         so after a timeout or socket error the whole client is replaced.
         """
         try:
-            return await asyncio.wait_for(awaitable, TIMEOUT)
+            # asyncio.timeout, not wait_for: before 3.12 wait_for can drop a cancel.
+            async with asyncio.timeout(TIMEOUT):
+                return await awaitable
         except (OSError, TimeoutError, asyncio.IncompleteReadError, EOFError):
             await self._reset()
             raise
@@ -97,7 +99,8 @@ class MemcachedTier:
         self._generation = None
         if client is not None:
             with contextlib.suppress(OSError, TimeoutError):
-                await asyncio.wait_for(client.close(), TIMEOUT)
+                async with asyncio.timeout(TIMEOUT):
+                    await client.close()
 
     # ---- keys -------------------------------------------------------------------------------
 
