@@ -33,7 +33,14 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
     from redis.commands.core import AsyncScript
 
-__all__ = ["CONNECT_TIMEOUT", "SOCKET_TIMEOUT", "RedisTier", "glob_escape", "make_client"]
+__all__ = [
+    "CONNECT_TIMEOUT",
+    "SOCKET_TIMEOUT",
+    "RedisTier",
+    "client_with_scripts",
+    "glob_escape",
+    "make_client",
+]
 
 # A down server must cost a request at most this long before the tier counts as missed.
 CONNECT_TIMEOUT = 0.5
@@ -130,6 +137,14 @@ def glob_escape(text: str) -> str:
     return "".join("\\" + char if char in "*?[]\\" else char for char in text)
 
 
+def client_with_scripts(
+    settings: RedisConfig, sources: dict[str, str]
+) -> tuple[Redis, dict[str, AsyncScript]]:
+    """`make_client` and the Lua scripts registered with it, by name."""
+    client = make_client(settings)
+    return client, {name: client.register_script(source) for name, source in sources.items()}
+
+
 class RedisTier:
     """A hot or cold tier in redis; see the module docstring for the key layout."""
 
@@ -149,14 +164,9 @@ class RedisTier:
     def _redis(self) -> Redis:
         # Created on first use so that it binds to the loop TierCache runs backends on.
         if self._client is None:
-            self._client = make_client(self.settings)
-            for name, source in (
-                ("set", _SET),
-                ("get", _GET),
-                ("delete", _DELETE),
-                ("stats", _STATS),
-            ):
-                self._scripts[name] = self._client.register_script(source)
+            self._client, self._scripts = client_with_scripts(
+                self.settings, {"set": _SET, "get": _GET, "delete": _DELETE, "stats": _STATS}
+            )
         return self._client
 
     def _entry_key(self, key: str) -> str:

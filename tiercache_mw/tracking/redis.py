@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from tiercache_mw.config import RedisConfig
 from tiercache_mw.store.entry import Tags
-from tiercache_mw.store.redis import glob_escape, make_client
+from tiercache_mw.store.redis import client_with_scripts, glob_escape
 from tiercache_mw.tracking.base import TrackedEntry
 
 if TYPE_CHECKING:
@@ -133,14 +133,15 @@ class RedisTracking:
     def _redis(self) -> Redis:
         # Created on first use so that it binds to the loop TierCache runs backends on.
         if self._client is None:
-            self._client = make_client(self.settings)
-            for name, source in (
-                ("set", _RECORD_SET),
-                ("hits", _RECORD_HITS),
-                ("move", _RECORD_MOVE),
-                ("delete", _RECORD_DELETE),
-            ):
-                self._scripts[name] = self._client.register_script(source)
+            self._client, self._scripts = client_with_scripts(
+                self.settings,
+                {
+                    "set": _RECORD_SET,
+                    "hits": _RECORD_HITS,
+                    "move": _RECORD_MOVE,
+                    "delete": _RECORD_DELETE,
+                },
+            )
         return self._client
 
     def _tag_key(self, name: str, value: str) -> str:
