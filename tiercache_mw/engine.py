@@ -501,8 +501,11 @@ class HttpCache:
     ) -> ResponseDecision:
         updated = self._freshen(exchange, stored, headers, policy, now)
         assert exchange.entry is not None
-        residency = self.cache.residency_for(tags, ttl_seconds=None)
-        self.cache.put(self.cache.make_entry(exchange.key, updated, tags, residency))
+        # §5.2.1.5: no part of a no-store request's response is stored, the 304's fields
+        # included; the client still gets the freshened response.
+        if not exchange.req_cc.no_store:
+            residency = self.cache.residency_for(tags, ttl_seconds=None)
+            self.cache.put(self.cache.make_entry(exchange.key, updated, tags, residency))
         status_value = cache_status(
             self.name,
             fwd=exchange.fwd,
@@ -543,6 +546,8 @@ class HttpCache:
             stale = entry.value.replace(freshness_lifetime=0.0)
             self.cache.put(self.cache.make_entry(exchange.key, stale, entry.tags, entry.residency))
             return
+        if exchange.req_cc.no_store:
+            return  # §5.2.1.5: none of this response's fields are stored
         updated = self._freshen(exchange, entry.value, headers, policy, now)
         self.cache.put(self.cache.make_entry(exchange.key, updated, tags, entry.residency))
 

@@ -77,6 +77,24 @@ async def test_stale_entry_revalidated_with_304_updates_headers(cache: Harness) 
     assert cache.origin.calls["/v"] == 2
 
 
+async def test_304_to_a_no_store_request_is_served_but_not_stored(cache: Harness) -> None:
+    """§5.2.1.5: a no-store request's 304 freshens the answer it gets, not the stored entry."""
+    cache.script("/ns", versioned("1"))
+    await cache.get("/ns")
+    cache.clock.advance(20)
+    cache.script(
+        "/ns", Answer(304, {"cache-control": "max-age=100", "etag": '"v1"', "x-version": "2"})
+    )
+    answered = await cache.get("/ns", cache_control="no-store")
+    assert answered.status_code == 200
+    assert answered.headers["x-version"] == "2"
+    cache.script("/ns", versioned("3"))
+    later = await cache.get("/ns")  # still the stale v1 entry: validated again, not a hit
+    assert not is_hit(later)
+    assert later.headers["x-version"] == "3"
+    assert cache.origin.calls["/ns"] == 3
+
+
 async def test_stale_entry_replaced_by_a_new_200(cache: Harness) -> None:
     cache.script("/n", versioned("1"))
     await cache.get("/n")
