@@ -79,6 +79,14 @@ def _ask(port: int, request: bytes, expect: bytes) -> bool:
         return False
 
 
+def _dying_with_us(argv: list[str]) -> list[str]:
+    """`argv` run so that the server gets SIGTERM when this test process dies, even killed:
+    util-linux's setpriv sets the parent-death signal and execs it (no Python runs in the
+    forked child, which a preexec_fn would need). Where setpriv is missing, `argv` as is."""
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "TERM", "--", *argv] if setpriv else argv
+
+
 def _wait_until(ready: Callable[[], bool], what: str, proc: subprocess.Popen[bytes] | None) -> None:
     deadline = time.monotonic() + READY_TIMEOUT
     while time.monotonic() < deadline:
@@ -103,7 +111,10 @@ class ServerProcess:
 
     def start(self) -> ServerProcess:
         self.proc = subprocess.Popen(
-            self.argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+            _dying_with_us(self.argv),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         try:
             _wait_until(self.ready, f"{self.name} on port {self.port}", self.proc)
