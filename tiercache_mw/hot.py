@@ -31,7 +31,6 @@ REQUEST_FIELDS_NEEDING_THE_FULL_PATH = frozenset(
 
 _AGE = b"age"
 _CACHE_STATUS = b"cache-status"
-_EMPTY = b""
 
 
 class HotPath:
