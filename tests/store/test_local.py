@@ -4,6 +4,7 @@ Batches (pack files) are in test_local_pack.py."""
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from tests.store.tier_contract import MakeTier, TierContract, contract_entry
 from tiercache_mw.config import TierConfig
 from tiercache_mw.store.base import Tier
 from tiercache_mw.store.entry import Residency
-from tiercache_mw.store.local import LocalTier
+from tiercache_mw.store.local import STALE_TEMP_SECONDS, LocalTier
 
 
 class FakeClock:
@@ -116,13 +117,18 @@ async def test_a_new_tier_on_the_same_directory_finds_the_files(tmp_path: Path) 
     first = local(tmp_path)
     await first.set(contract_entry("k", b"kept", residency=Residency(None, None, 3600.0)))
     (tmp_path / "ab").mkdir(exist_ok=True)
-    (tmp_path / "ab" / ".tmp-crashed").write_bytes(b"half")
+    crashed, in_flight = tmp_path / "ab" / ".tmp-crashed", tmp_path / "ab" / ".tmp-linking"
+    crashed.write_bytes(b"half")
+    long_ago = time.time() - 2 * STALE_TEMP_SECONDS
+    os.utime(crashed, (long_ago, long_ago))
+    in_flight.write_bytes(b"a pack another process is linking")
     second = local(tmp_path)
     assert (await second.stats()).entries == 1
     got = await second.get("k")
     assert got is not None
     assert got.value == b"kept"
-    assert not (tmp_path / "ab" / ".tmp-crashed").exists()
+    assert not crashed.exists()
+    assert in_flight.exists()
 
 
 async def test_flush_leaves_other_files_in_the_directory(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from tests.store.tier_contract import contract_entry
 from tiercache_mw.config import TierConfig
 from tiercache_mw.store import pack
 from tiercache_mw.store.entry import Entry, Residency
-from tiercache_mw.store.local import READ_CHUNK, LocalTier
+from tiercache_mw.store.local import READ_CHUNK, STALE_TEMP_SECONDS, SUFFIX, LocalTier
 
 KEEP = Residency(None, None, 3600.0)
 
@@ -41,16 +42,41 @@ async def test_a_batch_is_one_file_linked_under_every_key(tmp_path: Path) -> Non
         assert got.value == entry.value
 
 
-async def test_sizes_count_each_record_not_the_whole_pack(tmp_path: Path) -> None:
+def disk_bytes(root: Path) -> int:
+    """What the tier's files hold on disk: each inode once, however many keys link to it."""
+    stats = {(st.st_dev, st.st_ino): st.st_size for st in map(os.stat, root.rglob(f"*{SUFFIX}"))}
+    return sum(stats.values())
+
+
+async def test_a_pack_counts_its_bytes_once_until_its_last_key_goes(tmp_path: Path) -> None:
     tier = local(tmp_path)
     await tier.set_many(batch("k", 10, b"x" * 1000))
     pack_size = os.stat(tier.path_for("k0")).st_size
     stats = await tier.stats()
-    assert stats.entries == 10
-    assert 10 * 1000 < stats.size_bytes <= pack_size
-    rescanned = await local(tmp_path).stats()  # another process: a share of the pack per key
-    assert rescanned.entries == 10
-    assert 10 * 1000 < rescanned.size_bytes <= pack_size
+    assert (stats.entries, stats.size_bytes) == (10, pack_size)
+    rescanned = await local(tmp_path).stats()  # another process counts it the same way
+    assert (rescanned.entries, rescanned.size_bytes) == (10, pack_size)
+    for i in range(9):
+        await tier.delete(f"k{i}")
+    # One key left holds the whole pack on disk, and is counted so.
+    assert (await tier.stats()).size_bytes == disk_bytes(tmp_path) == pack_size
+    assert (await local(tmp_path).stats()).size_bytes == pack_size
+    await tier.delete("k9")
+    assert (await tier.stats()).size_bytes == disk_bytes(tmp_path) == 0
+
+
+async def test_the_size_cap_holds_for_bytes_on_disk_when_packs_are_partly_deleted(
+    tmp_path: Path,
+) -> None:
+    cap = 60_000
+    tier = LocalTier("dry", TierConfig("local", None, cap), tmp_path)
+    for round_ in range(12):
+        entries = batch(f"r{round_}-", 16, b"x" * 1000)
+        await tier.set_many(entries)
+        for entry in entries[::2]:  # half of each pack deleted: the pack stays on disk
+            await tier.delete(entry.key)
+        assert disk_bytes(tmp_path) <= cap, round_
+        assert (await tier.stats()).size_bytes == disk_bytes(tmp_path)
 
 
 async def test_a_key_already_on_disk_is_replaced_and_the_last_of_a_batch_wins(
@@ -189,7 +215,10 @@ async def test_files_of_the_two_level_layout_are_moved_up(tmp_path: Path) -> Non
         os.link(path, deeper)
         if key == "old":
             path.unlink()
-    (deeper.parent / ".tmp-crashed").write_bytes(b"half")
+    crashed = deeper.parent / ".tmp-crashed"
+    crashed.write_bytes(b"half")
+    long_ago = time.time() - 2 * STALE_TEMP_SECONDS
+    os.utime(crashed, (long_ago, long_ago))
     second = local(tmp_path)
     assert (await second.stats()).entries == 2
     got = await second.get("old")

@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 
 SUFFIX = ".tce"
 TEMP_PREFIX = ".tmp-"
+STALE_TEMP_SECONDS = 60.0  # a write or a pack's links take milliseconds
 # Cleanup goes below the cap, so that a full tier does not sort its index on every write.
 LOW_WATER = 0.9
 READ_CHUNK = 1 << 16  # a pack's header (44 B a record) and small records come in one read
@@ -61,6 +62,12 @@ def key_digest(key: str) -> bytes:
 
 def file_name(key: str) -> str:
     return key_digest(key).hex() + SUFFIX
+
+
+def _pack_id(stat: os.stat_result) -> int | None:
+    """The inode that files linked to one pack share; None for a file of its own (a pack
+    down to one key is one too: its bytes go with that key)."""
+    return stat.st_ino if stat.st_nlink > 1 else None
 
 
 def _is_fan_out(name: str) -> bool:
@@ -153,9 +160,13 @@ class LocalTier:
         self.clock = clock
         self._lock = threading.Lock()
         self._scanned = False
-        # relative path -> (bytes, last use); keys where this process knows them
+        # relative path -> (bytes its removal frees, last use); keys where this process knows
+        # them. A packed key frees nothing alone: its pack's bytes are counted once, by inode,
+        # until its last key goes, so that `_size` is what the files hold on disk.
         self._files: dict[str, tuple[int, float]] = {}
         self._keys: dict[str, str] = {}
+        self._pack_of: dict[str, int] = {}  # relative path -> inode of its pack
+        self._pack_bytes: dict[int, list[int]] = {}  # inode -> [pack size, keys linked]
         self._size = 0
 
     # ---- paths and index -------------------------------------------------------------------
@@ -183,49 +194,75 @@ class LocalTier:
         with self._lock:
             if self._scanned:
                 return
-            files: dict[str, tuple[int, float]] = {}
+            found: dict[str, os.stat_result] = {}
             if self.root.is_dir():
                 for top in os.scandir(self.root):
                     if top.is_dir() and _is_fan_out(top.name):
-                        self._scan_fan_out(top.path, top.name, files)
-            self._files = files
-            self._size = sum(size for size, _ in files.values())
+                        self._scan_fan_out(top.path, top.name, found)
+            for rel, stat in found.items():
+                self._count(rel, stat.st_size, stat.st_mtime, _pack_id(stat))
             self._scanned = True
 
-    def _scan_fan_out(self, path: str, name: str, files: dict[str, tuple[int, float]]) -> None:
-        found: list[str] = []
+    def _scan_fan_out(self, path: str, name: str, found: dict[str, os.stat_result]) -> None:
+        names: list[str] = []
         for item in os.scandir(path):
             if item.name.endswith(SUFFIX):
-                found.append(item.name)
+                names.append(item.name)
             elif item.name.startswith(TEMP_PREFIX):
+                # Left by a crash mid-write, unless recent: another process may be linking a
+                # pack under its keys right now.
                 with contextlib.suppress(OSError):
-                    os.unlink(item.path)  # left by a crash mid-write
+                    if time.time() - item.stat().st_mtime > STALE_TEMP_SECONDS:
+                        os.unlink(item.path)
             elif item.is_dir() and _is_fan_out(item.name):
-                found += _lift(item.path, path)
-        for file in found:
+                names += _lift(item.path, path)
+        for file in names:
             with contextlib.suppress(OSError):
-                stat = os.stat(os.path.join(path, file))
-                # A packed file's size is its whole pack: each of its keys counts a share.
-                files[os.path.join(name, file)] = (
-                    stat.st_size // max(1, stat.st_nlink),
-                    stat.st_mtime,
-                )
+                found[os.path.join(name, file)] = os.stat(os.path.join(path, file))
 
-    def _record(self, rel: str, size: int, used: float, key: str | None) -> None:
+    def _record(
+        self, rel: str, size: int, used: float, key: str | None, pack_id: int | None = None
+    ) -> None:
+        """Index `rel`: a file of `size` bytes, or with `pack_id` one key of that pack (then
+        `size` is the whole pack's)."""
         with self._lock:
-            old = self._files.get(rel)
-            if old is not None:
-                self._size -= old[0]
-            self._files[rel] = (size, used)
-            self._size += size
+            self._count(rel, size, used, pack_id)
             if key is not None:
                 self._keys[rel] = key
 
+    def _count(self, rel: str, size: int, used: float, pack_id: int | None) -> None:
+        """`_record` under the lock, without the key."""
+        self._uncount(rel)
+        if pack_id is None:
+            self._files[rel] = (size, used)
+            self._size += size
+            return
+        self._files[rel] = (0, used)
+        self._pack_of[rel] = pack_id
+        linked = self._pack_bytes.get(pack_id)
+        if linked is None:
+            self._pack_bytes[pack_id] = [size, 1]
+            self._size += size
+        else:
+            linked[1] += 1
+
+    def _uncount(self, rel: str) -> None:
+        """Take `rel` out of the index and the size, under the lock; its pack's bytes leave
+        with its last key."""
+        old = self._files.pop(rel, None)
+        if old is not None:
+            self._size -= old[0]
+        pack_id = self._pack_of.pop(rel, None)
+        if pack_id is not None:
+            linked = self._pack_bytes[pack_id]
+            linked[1] -= 1
+            if not linked[1]:
+                del self._pack_bytes[pack_id]
+                self._size -= linked[0]
+
     def _forget(self, rel: str) -> str | None:
         with self._lock:
-            old = self._files.pop(rel, None)
-            if old is not None:
-                self._size -= old[0]
+            self._uncount(rel)
             return self._keys.pop(rel, None)
 
     def _remove(self, rel: str) -> bool:
@@ -265,7 +302,7 @@ class LocalTier:
         if stat.st_nlink == 1:  # a file of its own; a pack's mtime belongs to all its keys
             with contextlib.suppress(OSError):
                 os.utime(path, (now, now))
-        self._record(rel, len(data), now, key)
+        self._record(rel, stat.st_size, now, key, _pack_id(stat))
         entry.last_used = now
         return entry
 
@@ -285,7 +322,8 @@ class LocalTier:
         except BaseException:
             _unlink_quietly(temp)
             raise
-        self._landed([(rel, len(data), entry.key)], now)
+        self._record(rel, len(data), now, entry.key)
+        self._keep_cap()
 
     def _write_many(self, entries: list[Entry]) -> list[BaseException | None]:
         if (
@@ -321,14 +359,15 @@ class LocalTier:
                 results[index] = exc
             return results
         try:
+            pack_id = os.stat(temp).st_ino
             for rel, _, index, _ in records:
                 results[index] = _outcome(self._link, temp, rel)
         finally:
             _unlink_quietly(temp)  # the pack lives on through its keys' links
-        self._landed(
-            [(rel, len(data), key) for rel, key, index, data in records if results[index] is None],
-            now,
-        )
+        linked = [(rel, key) for rel, key, index, _ in records if results[index] is None]
+        for rel, key in linked:
+            self._record(rel, len(blob), now, key, pack_id)
+        self._keep_cap()
         unlinkable = [i for _, _, i, _ in records if _no_hard_links(results[i])]
         if unlinkable:
             if self._packs:
@@ -393,10 +432,7 @@ class LocalTier:
             os.makedirs(directory, exist_ok=True)
             self._dirs.add(directory)
 
-    def _landed(self, files: list[tuple[str, int, str]], now: float) -> None:
-        """Index files just written, (relative path, size, key) each, and keep the cap."""
-        for rel, size, key in files:
-            self._record(rel, size, now, key)
+    def _keep_cap(self) -> None:
         if self.max_bytes is not None and self._size > self.max_bytes:
             self._cleanup(self.max_bytes)
 
@@ -426,6 +462,8 @@ class LocalTier:
             self._dirs.clear()
             self._files.clear()
             self._keys.clear()
+            self._pack_of.clear()
+            self._pack_bytes.clear()
             self._size = 0
             self._scanned = True
         if not self.root.is_dir():
