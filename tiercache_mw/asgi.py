@@ -282,7 +282,7 @@ class CacheMiddleware:
                 storing = decision.plan is ResponsePlan.STORE
                 await send({**message, "headers": decision.headers})
             elif kind == "http.response.body":
-                if decision is not None and decision.plan in _REPLACED:
+                if decision is not None and decision.plan.replaces_response:
                     return  # the app's answer was replaced; drain it quietly
                 if storing:
                     chunk = message.get("body", b"")
@@ -300,7 +300,7 @@ class CacheMiddleware:
                 await send(message)
             else:
                 storing = False  # trailers or pathsend: not a body we can keep whole
-                if decision is None or decision.plan not in _REPLACED:
+                if decision is None or not decision.plan.replaces_response:
                     await send(message)
 
         exchange.request_time = self.engine.clock()
@@ -353,7 +353,6 @@ class CacheMiddleware:
 
 
 # Plans under which the app's response never reaches the client.
-_REPLACED = frozenset({ResponsePlan.SERVE_STORED, ResponsePlan.RETRY})
 
 
 def _empty_body_then(receive: Receive) -> Receive:

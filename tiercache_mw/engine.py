@@ -127,9 +127,13 @@ class ResponsePlan(enum.Enum):
     STORE = "store"  # send it and keep the body for the store
     SERVE_STORED = "serve-stored"  # drop the app's response, send `reply` instead
     # Drop the app's response and call it again with `exchange.forward_headers`: it answered
-    # the cache's validators with a 304 for another representation (RFC 9111 §4.3.4). The
-    # decision's headers are the 304's, for an adapter that cannot call the app twice.
+    # the cache's validators with a 304 for another representation (RFC 9111 §4.3.4).
     RETRY = "retry"
+
+    @property
+    def replaces_response(self) -> bool:
+        """The app's response is dropped, not sent (its body drained quietly)."""
+        return self is ResponsePlan.SERVE_STORED or self is ResponsePlan.RETRY
 
 
 @dataclass(slots=True)
@@ -351,7 +355,7 @@ class HttpCache:
             # §4.3.4: the 304 selects no stored response, so it updates nothing, and a client
             # that sent no condition must not get it (§4.3.3).
             if exchange.validating:
-                return self._retry_unconditionally(exchange, status, headers, now)
+                return self._retry_unconditionally(exchange)
             sent = exchange.forward_headers
             if sent is None:
                 sent = exchange.request.headers
@@ -459,14 +463,11 @@ class HttpCache:
         reply = self._reply_from_stored(exchange, stored, current_age(stored, now), status_value)
         return ResponseDecision(ResponsePlan.SERVE_STORED, [], reply=reply)
 
-    def _retry_unconditionally(
-        self, exchange: Exchange, status: int, headers: Headers, now: float
-    ) -> ResponseDecision:
+    def _retry_unconditionally(self, exchange: Exchange) -> ResponseDecision:
         """Ask again without the cache's validators; the client's other fields stay."""
         exchange.validating = False
         exchange.forward_headers = _without_validation_conditions(exchange.request.headers)
-        passed = self._pass(exchange, status, headers, now, fwd_status=True)
-        return ResponseDecision(ResponsePlan.RETRY, passed.headers)
+        return ResponseDecision(ResponsePlan.RETRY, [])
 
     def _invalid_not_modified(self, exchange: Exchange, now: float) -> ResponseDecision:
         """A 304 to a request with no condition at all: an error from the app, answered as

@@ -312,7 +312,7 @@ class _Forward:
         for url in engine.invalidations(self.exchange, self.status, self.headers):
             self.middleware.cache.purge_sync(url=url)
         self.decision = engine.on_response(self.exchange, self.status, self.headers)
-        if self.decision.plan in _REPLACED:
+        if self.decision.plan.replaces_response:
             return _refuse_write
         return self.client_start_response(status_line, _native(self.decision.headers), exc_info)
 
@@ -385,7 +385,6 @@ class _Forward:
 
 
 # Plans under which the app's response never reaches the client.
-_REPLACED = frozenset({ResponsePlan.SERVE_STORED, ResponsePlan.RETRY})
 
 
 def _chain(first: bytes | None, rest: Iterator[bytes]) -> Iterator[bytes]:
