@@ -68,6 +68,10 @@ def test_hot_key_is_the_primary_key_with_a_normalised_query() -> None:
     assert hot_key(scope("/p", [])) == "http://origin.test/p?a=1&b=2"
 
 
+def test_hot_key_takes_the_first_host_field_as_the_full_path_does() -> None:
+    assert hot_key(scope("/p", [(b"host", b"other.test")])) == "http://origin.test/p?a=1&b=2"
+
+
 async def test_age_and_ttl_move_on_between_hits_in_different_seconds(harness: Harness) -> None:
     harness.script("/tick", FRESH)
     await harness.get("/tick")

@@ -68,7 +68,8 @@ def hot_key(scope: Scope) -> str | None:
     host = None
     for name, value in scope["headers"]:
         if name == b"host":
-            host = value
+            if host is None:  # the first, as `request_view` takes it
+                host = value
         elif name in REQUEST_FIELDS_NEEDING_THE_FULL_PATH:
             return None
     # Without a Host field the server's address names the origin; the two cannot collide

@@ -88,11 +88,17 @@ class HotPath:
         age_value = str(max(0, whole_age)).encode()
         status_value = cache_status(self._engine.name, hit=True, ttl=whole_ttl, detail="hot")
         headers = [*stored.headers, (_AGE, age_value), (_CACHE_STATUS, status_value)]
-        native = (
-            [(name.decode("latin-1"), value.decode("latin-1")) for name, value in headers]
-            if self._native
-            else None
-        )
+        native = None
+        if self._native:
+            previous = stored.hit_memo
+            # The stored headers are a tuple, never changed: decoded once per entry, and
+            # each new window only renews Age and Cache-Status.
+            if previous is not None and previous[2] is self and previous[4] is not None:
+                native = previous[4][:-2]
+            else:
+                native = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in stored.headers]
+            native.append(("age", age_value.decode()))
+            native.append(("cache-status", status_value.decode("latin-1")))
         # Hits within the window share these lists; each reply sends a copy.
         memo = stored.hit_memo = (valid_from, valid_until, self, headers, native)
         return stored, memo
