@@ -24,7 +24,7 @@ from tiercache_mw.engine import (
     build_cache,
 )
 from tiercache_mw.hot import REQUEST_FIELDS_NEEDING_THE_FULL_PATH, HotPath
-from tiercache_mw.http.key import primary_key
+from tiercache_mw.http.key import KeyMemo, primary_key
 from tiercache_mw.store.cache import TierCache
 
 __all__ = ["CacheMiddleware"]
@@ -94,22 +94,15 @@ def _server(scope: Scope) -> tuple[str, int | None] | None:
     return (server[0], server[1]) if server else None  # some servers send a list
 
 
-# Primary keys by request line: a repeated request skips every decode and join. A plain
-# dict, cleared when full: cheaper per hit than an LRU's bookkeeping, and a key is cheap
-# to build again.
 _RequestLine = tuple[str, str, "bytes | tuple[str, int | None] | None", "bytes | None", str, bytes]
-_keys: dict[_RequestLine, str] = {}
-KEY_MEMO_MAX = 16384
+_keys = KeyMemo()
 
 
 def _remember_key(request_line: _RequestLine) -> str:
     method, scheme, origin, raw_path, path, query = request_line
     host = _host(origin, None) if isinstance(origin, bytes) else _host(None, origin)
     key = primary_key(method, scheme, host, _raw_path(raw_path, path), query.decode("latin-1"))
-    if len(_keys) >= KEY_MEMO_MAX:
-        _keys.clear()
-    _keys[request_line] = key
-    return key
+    return _keys.remember(request_line, key)
 
 
 class CacheMiddleware:

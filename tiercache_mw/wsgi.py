@@ -27,7 +27,7 @@ from tiercache_mw.engine import (
     build_cache,
 )
 from tiercache_mw.hot import REQUEST_FIELDS_NEEDING_THE_FULL_PATH, HotPath
-from tiercache_mw.http.key import primary_key
+from tiercache_mw.http.key import KeyMemo, primary_key
 from tiercache_mw.store.cache import TierCache
 
 __all__ = ["WSGICacheMiddleware"]
@@ -111,19 +111,13 @@ def hot_key(environ: WSGIEnviron) -> str | None:
     return key
 
 
-# Primary keys by the environ values they are made of: a repeated request skips the quoting
-# and query normalising. Cleared when full, which is cheaper per hit than an LRU.
-_keys: dict[tuple[Any, ...], str] = {}
-KEY_MEMO_MAX = 16384
+_keys = KeyMemo()
 
 
 def _remember_key(request_line: tuple[Any, ...], environ: WSGIEnviron) -> str:
     method, scheme, _origin, _target, query = request_line
     key = primary_key(method, scheme, _host(environ), _raw_path(environ), query)
-    if len(_keys) >= KEY_MEMO_MAX:
-        _keys.clear()
-    _keys[request_line] = key
-    return key
+    return _keys.remember(request_line, key)
 
 
 def _native(headers: list[tuple[bytes, bytes]]) -> list[tuple[str, str]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.http.support import hdrs
-from tiercache_mw.http.key import normalise_url, primary_key, url_for, vary_key
+from tiercache_mw.http.key import KeyMemo, normalise_url, primary_key, url_for, vary_key
 
 
 @pytest.mark.parametrize(
@@ -87,3 +87,12 @@ def test_vary_lines_are_joined() -> None:
 
 def test_vary_star_never_matches() -> None:
     assert vary_key("k", ("*",), []) is None
+
+
+def test_key_memo_empties_itself_when_full() -> None:
+    memo = KeyMemo(limit=2)
+    assert memo.remember(("a",), "key-a") == "key-a"
+    memo.remember(("b",), "key-b")
+    assert memo.get(("a",)) == "key-a"
+    memo.remember(("c",), "key-c")  # full: the old keys go, the new one stays
+    assert dict(memo) == {("c",): "key-c"}

@@ -13,11 +13,12 @@ Key normalisation (docs/http-semantics.md has the reasons):
 from __future__ import annotations
 
 import functools
+from collections.abc import Hashable
 from urllib.parse import urlsplit
 
 from tiercache_mw.http.headers import Headers, get_all
 
-__all__ = ["normalise_query", "normalise_url", "primary_key", "url_for", "vary_key"]
+__all__ = ["KeyMemo", "normalise_query", "normalise_url", "primary_key", "url_for", "vary_key"]
 
 _DEFAULT_PORTS = {"http": ":80", "https": ":443", "ws": ":80", "wss": ":443"}
 _SAFE_METHODS_KEY = frozenset({"GET", "HEAD"})
@@ -106,3 +107,19 @@ def vary_key(primary: str, names: tuple[str, ...] | list[str], headers: Headers)
         else:
             parts.append(f"\n{name}")
     return "".join(parts)
+
+
+class KeyMemo(dict[Hashable, str]):
+    """Primary keys by the request values they are made of, so that a repeated request skips
+    every decode and join. A plain dict for the hit path's `get`; emptied when full, which
+    is cheaper per hit than an LRU's bookkeeping, and a key is cheap to build again."""
+
+    def __init__(self, limit: int = 16384) -> None:
+        super().__init__()
+        self.limit = limit
+
+    def remember(self, request_line: Hashable, key: str) -> str:
+        if len(self) >= self.limit:
+            self.clear()
+        self[request_line] = key
+        return key
