@@ -87,9 +87,8 @@ def _fill_ram(cache: Any, n: int, body_size: int) -> tuple[int, int]:
         request_time = time.time()
         response_time = time.time()
         stored = StoredResponse(
-            status=200, headers=headers, body=body, request_time=request_time,
-            response_time=response_time, freshness_lifetime=float(max_age),
-            initial_age=response_time - request_time,
+            status=200, headers=headers, body=body, response_time=response_time,
+            freshness_lifetime=float(max_age), initial_age=response_time - request_time,
         )  # fmt: skip
         key = f"http://bench.local/item/{i}"  # the engine builds key and url apart
         # The url tag engine._tags adds; the Entry derives it from the key rather than keep it.

@@ -42,7 +42,6 @@ def contract_response(body: bytes = b'{"id": 1}') -> StoredResponse:
         status=200,
         headers=[(b"content-type", b"application/json"), (b"etag", b'"e1"')],
         body=body,
-        request_time=now - 0.5,
         response_time=now,
         freshness_lifetime=60.0,
         initial_age=1.5,

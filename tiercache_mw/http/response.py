@@ -160,7 +160,6 @@ def build_stored_response(
         status=status,
         headers=_stored_headers(headers, cc, policy.http),
         body=body,
-        request_time=request_time,
         response_time=response_time,
         freshness_lifetime=lifetime,
         initial_age=initial_age(headers, request_time=request_time, response_time=response_time),

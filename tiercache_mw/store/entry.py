@@ -175,7 +175,6 @@ class StoredResponse:
         status: int,
         headers: Iterable[tuple[bytes, bytes]],
         body: bytes,
-        request_time: float | None = None,
         *,
         response_time: float,
         freshness_lifetime: float = 0.0,
@@ -189,7 +188,6 @@ class StoredResponse:
         vary: tuple[str, ...] = (),  # lowercased field names from Vary, "*" included
         extra: Mapping[str, Any] = NO_EXTRA,  # shared, not copied
     ) -> None:
-        del request_time
         self.status = status
         # A tuple is 24 B smaller than a list of the same headers.
         self.headers = headers if type(headers) is tuple else tuple(headers)
