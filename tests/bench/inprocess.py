@@ -176,6 +176,20 @@ def _round_sizes(plan: Plan, estimate_ns: float, per_call: bool, paths: int) -> 
     return max(paths, calls - calls % paths)
 
 
+def _build(spec: Spec, tmp: Path) -> Any:
+    """The subject's app, with its files in a directory of its own under `tmp`."""
+    workdir = tmp / spec.name
+    workdir.mkdir(parents=True, exist_ok=True)
+    return spec.build(workdir)
+
+
+def _logged(
+    log: Callable[[str], None], spec: Spec, measured: list[InProcessResult]
+) -> list[InProcessResult]:
+    log(f"  {spec.name:<22} " + ", ".join(f"{r.us:9.2f} µs/request {r.mode}" for r in measured))
+    return measured
+
+
 def _alternating(rounds: int) -> Iterator[str]:
     """The modes, round by round, in an order reversed every other round: a drift in machine
     load then lands on both."""
@@ -281,15 +295,12 @@ async def _run_asgi(
 ) -> list[InProcessResult]:
     results = []
     for spec in specs:
-        workdir = tmp / spec.name
-        workdir.mkdir(parents=True, exist_ok=True)
-        app = spec.build(workdir)
+        app = _build(spec, tmp)
         try:
             measured = await _measure_asgi(spec, app, plan)
         finally:
             await _close_asgi(app)
-        log(f"  {spec.name:<22} " + ", ".join(f"{r.us:9.2f} µs/request {r.mode}" for r in measured))
-        results.extend(measured)
+        results += _logged(log, spec, measured)
     return results
 
 
@@ -448,15 +459,12 @@ def run_wsgi_specs(
 ) -> list[InProcessResult]:
     results = []
     for spec in specs:
-        workdir = tmp / spec.name
-        workdir.mkdir(parents=True, exist_ok=True)
-        app = spec.build(workdir)
+        app = _build(spec, tmp)
         try:
             measured = _measure_wsgi(spec, app, plan)
         finally:
             cache = getattr(app, "cache", None)
             if cache is not None:
                 cache.close_sync()
-        log(f"  {spec.name:<22} " + ", ".join(f"{r.us:9.2f} µs/request {r.mode}" for r in measured))
-        results.extend(measured)
+        results += _logged(log, spec, measured)
     return results
