@@ -56,11 +56,9 @@ def test_size_is_derived_for_bytes_and_responses() -> None:
     assert Entry("b", b"12345", (), RESIDENCY).size == 5 + ENTRY_OVERHEAD_BYTES
 
 
-def test_a_given_size_is_kept_and_can_be_set() -> None:
+def test_a_given_size_is_kept() -> None:
     entry = Entry("b", b"12345", (), RESIDENCY, 100)
     assert entry.size == 100
-    entry.size = 7
-    assert entry.size == 7
     assert Entry("v", {"a": 1}, (), RESIDENCY, 42).size == 42
 
 

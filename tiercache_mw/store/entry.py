@@ -389,11 +389,8 @@ class _SizedEntry(Entry):
     """An entry with its size given: a msgpack value, or a size other than the derived one."""
 
     __slots__ = ("_size",)
+    _size: int
 
     @property
     def size(self) -> int:
         return self._size
-
-    @size.setter
-    def size(self, size: int) -> None:
-        self._size = size

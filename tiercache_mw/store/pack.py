@@ -7,6 +7,12 @@ to it: lookups (one stat, one open), deletes and other processes sharing the dir
 go by one path per key, and the filesystem frees a pack when its last key is removed. Chosen
 over a writer process of its own (measured no faster: the time is the kernel's, not the
 GIL's) and over segment files with an index (which other processes would have to follow).
+Measured again for the hot-hit p99 under 5,000 demotions/s (issue 5): a helper process that
+wrote each pack and its links (three syscalls a batch in the cache's process instead of one a
+key) made the busy/quiet p99 ratio worse, whether the drain's thread waited for it (1.9-2.3x
+against 1.4-1.7x in-process, alternating runs) or the cache's loop did (1.95-2.13x against
+1.35-1.87x). The bench's batches hold ~5 keys, and the request thread's sleeps on the GIL
+fell only from ~3,700/s to ~3,100-3,300/s: most come from other hand-offs, not the links.
 
 Layout: MAGIC, u32 count, count x (sha256 digest of the key 32 B, u64 offset, u32 length),
 then each record (an `encode_entry` blob) at its offset. A plain entry file starts with a

@@ -1,11 +1,11 @@
 """The in-process RAM tiers (hot, and cold when it is not shared): a dict of entries under a
 byte budget, residency since last use, and SIEVE or LRU eviction.
 
-Reads take no lock: a hit is one dict lookup, a residency check and two attribute writes, so
-it costs the same from the event loop and from many WSGI threads. Every mutation (insert,
-eviction, removal, sweep) holds one `threading.Lock`. Entries that leave (eviction or end of
-residency) are handed to `on_evict` after the lock is released, so the next tier's lock is
-never taken while this one is held.
+Reads take no lock: a hit is one dict lookup, a residency check and two attribute writes (and
+its count, on a tier whose owner asks for one), so it costs the same from the event loop and
+from many WSGI threads. Every mutation (insert, eviction, removal, sweep) holds one
+`threading.Lock`. Entries that leave (eviction or end of residency) are handed to `on_evict`
+after the lock is released, so the next tier's lock is never taken while this one is held.
 
 SIEVE (Zhang et al., NSDI '24) keeps a FIFO queue and a visited bit: a hit only sets the bit;
 the eviction hand walks from the oldest entry towards the newest, clearing bits, and evicts
@@ -31,7 +31,8 @@ TIER_NAMES = ("hot", "cold", "dry")  # the fields of a Residency
 
 
 class RamTier:
-    """A RAM tier; `get_now` is the lock-free hit path the TierCache uses directly."""
+    """A RAM tier; `get_now` is the lock-free hit path the TierCache (and, for the hot tier,
+    tiercache_mw.hot) uses directly."""
 
     reports_evictions = True
 
@@ -60,6 +61,11 @@ class RamTier:
         self._index: dict[str, Entry] = OrderedDict() if self.lru else {}
         self._lock = threading.Lock()
         self._size = 0
+        # Hit counting, when the owner turns it on (the TierCache does for its hot tier):
+        # `get_now` counts there and then, so that a hot hit is one call, not two.
+        self.count_hits = False
+        self.hits = 0
+        self.first_hits: list[Entry] = []  # hit for the first time since `take_first_hits`
         # SIEVE queue, a doubly linked list through the entries' own `newer`/`older` slots
         # (an entry is in one RamTier at a time): newest at the head, the hand walks from
         # the tail towards the head.
@@ -85,7 +91,21 @@ class RamTier:
                 pass  # removed by another thread since the lookup: still a valid read
         else:
             entry.visited = True
+        if self.count_hits:
+            # The TierCache's count of a hot hit: its number, and per entry for tracking,
+            # the entry listed on its first hit since the last flush. Lock-free: a hit
+            # racing `take_first_hits` may lose one count, never an entry.
+            self.hits += 1
+            hits = entry.hits
+            entry.hits = hits + 1
+            if not hits:
+                self.first_hits.append(entry)
         return entry
+
+    def take_first_hits(self) -> list[Entry]:
+        """The entries first hit since the last call (their counts are on them: Entry.hits)."""
+        taken, self.first_hits = self.first_hits, []
+        return taken
 
     def __contains__(self, key: str) -> bool:
         return key in self._index
