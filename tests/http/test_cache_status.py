@@ -44,6 +44,15 @@ def test_forms(kwargs: dict[str, Any], expect: str) -> None:
     assert cache_status("tiercache", **kwargs) == expect.encode()
 
 
+@pytest.mark.parametrize(
+    ("ttl", "expect"),
+    [(117.9, 117), (0.4, 0), (0.0, 0), (-0.4, -1), (-1.0, -1), (-10.5, -11)],
+)
+def test_ttl_is_rounded_down(ttl: float, expect: int) -> None:
+    """§2.4: ttl is negative once the response is stale, so a fraction past it is -1."""
+    assert cache_status("c", hit=True, ttl=ttl) == f"c; hit; ttl={expect}".encode()
+
+
 def test_a_name_that_is_not_a_token_is_a_string() -> None:
     """RFC 9211 §2: the member is an sf-token or sf-string naming the cache."""
     assert cache_status("my cache", fwd="miss") == b'"my cache"; fwd=miss'

@@ -162,6 +162,36 @@ def test_freshen_updates_headers_and_freshness() -> None:
     assert new.body == old.body
 
 
+def test_freshen_dates_a_304_without_date_when_it_arrives() -> None:
+    """The stored Date is the first response's: a 304 without Date is dated on arrival
+    (RFC 9110 §6.6.1), and its age counts from then, not from the first response."""
+    old = stored(200, {"date": date(-100)}, cache_control="max-age=10", etag='"a"', at=NOW - 100)
+    new = freshen(
+        old, hdrs(etag='"a"'), request_time=NOW, response_time=NOW, policy=StorePolicy(HTTP)
+    )
+    assert [value for name, value in new.headers if name == b"date"] == [date().encode()]
+    assert new.initial_age == 0
+
+
+def test_freshen_adds_no_date_to_a_response_stored_without_one() -> None:
+    """The server dates what it sends; the merged response stays undated, its age counted
+    from the 304's arrival."""
+    old = stored(200, {}, cache_control="max-age=10", etag='"a"', at=NOW - 100)
+    new = freshen(
+        old, hdrs(etag='"a"'), request_time=NOW, response_time=NOW, policy=StorePolicy(HTTP)
+    )
+    assert b"date" not in {name for name, _ in new.headers}
+    assert new.initial_age == 0
+
+
+def test_freshen_takes_the_304s_date() -> None:
+    old = stored(cache_control="max-age=10", etag='"a"', at=NOW - 100)
+    update = hdrs(etag='"a"', date=date(-3))
+    new = freshen(old, update, request_time=NOW, response_time=NOW, policy=StorePolicy(HTTP))
+    assert [value for name, value in new.headers if name == b"date"] == [date(-3).encode()]
+    assert new.initial_age == 3
+
+
 def test_freshen_keeps_stored_cache_control_when_the_304_has_none() -> None:
     old = stored(cache_control="max-age=10, must-revalidate", etag='"a"')
     update = hdrs(etag='"a"')

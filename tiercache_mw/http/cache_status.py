@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import re
 
 __all__ = ["FWD_REASONS", "cache_status", "sf_item"]
@@ -50,8 +51,8 @@ def cache_status(
     """One Cache-Status member (RFC 9211 §2): `name; hit; ttl=117; detail=hot`,
     `name; fwd=uri-miss; stored`, `name; fwd=stale; fwd-status=304`, ...
 
-    ttl is an sf-integer (§2.5, negative once stale), key an sf-string (§2.7), detail a token
-    when it is one, else an sf-string (§2.8).
+    ttl is an sf-integer (§2.4, negative once stale: rounded down), key an sf-string (§2.7),
+    detail a token when it is one, else an sf-string (§2.8).
     """
     parts = [sf_item(name)]
     if hit:
@@ -61,7 +62,8 @@ def cache_status(
     if fwd_status is not None:
         parts.append(f"fwd-status={int(fwd_status)}")
     if ttl is not None:
-        parts.append(f"ttl={int(ttl)}")
+        # Rounded down, not toward zero: 0.4 s past freshness is already stale, ttl=-1 (§2.4).
+        parts.append(f"ttl={math.floor(ttl)}")
     if stored:
         parts.append("stored")
     if collapsed:

@@ -16,6 +16,7 @@ from tiercache_mw.http.response import (
     SURROGATE_FIELDS,
     StorePolicy,
     build_stored_response,
+    date_field,
 )
 
 if TYPE_CHECKING:
@@ -25,6 +26,7 @@ __all__ = [
     "Precondition",
     "evaluate_preconditions",
     "freshen",
+    "if_range_holds",
     "not_modified",
     "not_modified_headers",
     "validation_headers",
@@ -32,17 +34,19 @@ __all__ = [
     "weak_match",
 ]
 
-# RFC 9110 §13.1: the fields §13.2.2 evaluates (If-Range needs nothing from the cache).
+# RFC 9110 §13.1: the fields §13.2.2 evaluates before Range (If-Range is `if_range_holds`).
 _PRECONDITION_FIELDS = frozenset(
     {b"if-match", b"if-unmodified-since", b"if-none-match", b"if-modified-since"}
 )
-# RFC 9110 §15.4.5: what a 304 carries (plus Last-Modified, which helps caches downstream).
+# RFC 9110 §15.4.5: what a 304 carries (plus Last-Modified, which helps caches downstream),
+# and an upstream's Cache-Status, kept before ours as on the 200 (RFC 9211 §2).
 _NOT_MODIFIED_FIELDS = frozenset(
     {b"cache-control", b"content-location", b"date", b"etag", b"expires", b"vary",
-     b"last-modified"}
+     b"last-modified", b"cache-status"}
 )  # fmt: skip
 # RFC 9111 §3.2: fields a 304/HEAD never updates: Content-Length, the framing the stored body
-# depends on, hop-by-hop fields, and the ones the cache owns.
+# depends on, hop-by-hop fields, and the ones the cache owns or strips (an upstream
+# Cache-Status in the update replaces the stored one, like any other field).
 _NOT_UPDATED = (
     frozenset({b"content-length", b"content-encoding", b"content-range"})
     | HOP_BY_HOP
@@ -154,9 +158,8 @@ def evaluate_preconditions(request_headers: Headers, stored: StoredResponse) -> 
        date is ignored; with no stored Last-Modified the app, which may know the date, decides.
     3. If-None-Match (§13.1.2), weak comparison: matching → 304.
     4. Else If-Modified-Since (§13.1.3): not modified since → 304.
-    5. If-Range (§13.1.5) only says whether Range applies. The cache never answers with a
-       range (§14.2 lets it ignore Range), and the full response is what a false If-Range asks
-       for, so it needs no evaluation here.
+    5. If-Range (§13.1.5) only says whether Range applies: `if_range_holds`, read by
+       `tiercache_mw.http.ranges` once these conditions let the stored response be sent.
     Conditions only apply when the answer would be 2xx (§13.2.1).
     """
     if not 200 <= stored.status < 300:
@@ -194,6 +197,27 @@ def _strong_member(if_match: bytes, etag: bytes | None) -> bool:
     return not weak and parse_etags(if_match.decode("latin-1")).contains(tag)
 
 
+def if_range_holds(if_range: bytes, stored: StoredResponse) -> bool:
+    """Does If-Range let Range apply to `stored`? (RFC 9110 §13.1.5)
+
+    An entity-tag must match the stored ETag by the strong comparison (a weak tag never
+    does). An HTTP-date must equal the stored Last-Modified, and that must be strong
+    (§8.8.2.2): the stored Date at least a second later, the time the response arrived
+    standing in for a missing Date (§6.6.1). Anything else is false: the whole response.
+    werkzeug's `parse_if_range_header` drops W/ and its `is_resource_modified` takes any
+    earlier Last-Modified, both weaker than §13.1.5, so the two tests are written here.
+    """
+    value = if_range.strip()
+    if value[:1] == b'"' or value[:2] == b"W/":
+        return stored.etag is not None and strong_match(value, stored.etag)
+    since = http_timestamp(value)
+    modified = http_timestamp(stored.last_modified)
+    if since is None or modified is None or since != modified:
+        return False
+    date = http_timestamp(get_header(stored.headers, b"date"))
+    return (stored.response_time if date is None else date) >= modified + 1
+
+
 def not_modified_headers(stored: StoredResponse) -> Headers:
     """The stored fields a 304 carries (RFC 9110 §15.4.5)."""
     return [(name, value) for name, value in stored.headers if name in _NOT_MODIFIED_FIELDS]
@@ -215,6 +239,12 @@ def freshen(
     """
     incoming = [(name, value) for name, value in headers if name not in _NOT_UPDATED]
     replaced = {name for name, _ in incoming}
+    if b"date" not in replaced and get_header(stored.headers, b"date") is not None:
+        # The stored Date is the first response's: kept, it would count the time the entry
+        # sat in the cache into the new age. A 304 without one is dated when it arrived
+        # (RFC 9110 §6.6.1), to the second below, so its age is never undercounted.
+        incoming.append(date_field(int(response_time)))
+        replaced.add(b"date")
     merged = [(name, value) for name, value in stored.headers if name not in replaced]
     merged += incoming
     age = get_header(headers, b"age")
