@@ -58,6 +58,11 @@ def test_check_config_accepts_the_example_file(capsys: pytest.CaptureFixture[str
         ("hot_cache: {backend: ram, max_size_gb: lots}\n", "hot_cache.max_size_gb"),
         ("routes:\n  - {pattern: /a}\n  - {pattern: 42}\n", "routes[1].pattern"),
         ("hot_cache: {backend: floppy}\n", "hot_cache.backend"),
+        # paths and hosts no operation could use: this file is not a directory
+        ("dry_cache: {path: broken.yaml}\n", "dry_cache.path"),
+        ("dry_cache: {path: broken.yaml/dry}\n", "dry_cache.path"),
+        ("tracking: {path: .}\n", "tracking.path"),
+        ("memcached: {host: 'localhost:11211'}\n", "memcached.host"),
     ],
 )
 def test_check_config_on_a_broken_file_names_file_and_key_and_exits_2(

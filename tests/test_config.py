@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import json
 import os
 import re
-from collections.abc import Callable
+import sqlite3
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -272,10 +277,11 @@ def test_dict_paths_resolve_against_the_working_directory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    config = load_config({"dry_cache": {"path": "d"}, "tracking": {"path": "/abs/i.db"}})
+    absolute = str(tmp_path / "abs" / "i.db")
+    config = load_config({"dry_cache": {"path": "d"}, "tracking": {"path": absolute}})
     assert config.source == "<dict>"
     assert config.dry.path == str(tmp_path / "d")
-    assert config.tracking.path == "/abs/i.db"
+    assert config.tracking.path == absolute
 
 
 def test_yaml_merge_keys_work(tmp_path: Path) -> None:
@@ -400,6 +406,24 @@ def test_yaml_merge_keys_work(tmp_path: Path) -> None:
         ),
         ({"dry_cache": {"backend": "s3"}, "s3": {"region": "x"}}, "s3.bucket", "a bucket name"),
         ({"postgres": {"table": "idx; drop table x"}}, "postgres.table", "a table name"),
+        # URLs and hosts every connection would fail on (the clients parse with urllib.parse)
+        ({"redis": {"url": "redis://r:abc/0"}}, "redis.url", "port is a number from 0 to 65535"),
+        ({"redis": {"url": "redis://r:70000"}}, "redis.url", "port is a number from 0 to 65535"),
+        ({"redis": {"url": "redis://[::1:6379"}}, "redis.url", "URL that parses (Invalid IPv6"),
+        ({"redis": {"url": "unix://"}}, "redis.url", "with the socket's path"),
+        ({"redis": {"url": "redis://red is:6379"}}, "redis.url", "whose host is a host name"),
+        ({"redis": {"host": "localhost:6379"}}, "redis.host", "alone (no scheme, port, path"),
+        ({"redis": {"host": "redis://localhost"}}, "redis.host", "alone (no scheme, port, path"),
+        ({"redis": {"host": "::1:x"}}, "redis.host", "a host name or IP address alone"),
+        ({"memcached": {"host": "localhost:11211"}}, "memcached.host", "a host name or IP"),
+        ({"memcached": {"host": "/run/memcached.sock"}}, "memcached.host", "no scheme, port, path"),
+        ({"memcached": {"host": "mc 1"}}, "memcached.host", "or spaces"),
+        ({"s3": {"endpoint_url": "http://:9000"}}, "s3.endpoint_url", "URL with a host name"),
+        ({"s3": {"endpoint_url": "http://minio:90000"}}, "s3.endpoint_url", "from 0 to 65535"),
+        ({"s3": {"endpoint_url": "http://minio:port"}}, "s3.endpoint_url", "from 0 to 65535"),
+        ({"s3": {"endpoint_url": "http://minio/ x"}}, "s3.endpoint_url", "without spaces"),
+        ({"postgres": {"dsn": "host=db dbname=app"}}, "postgres.dsn", "a postgresql:// or"),
+        ({"postgres": {"dsn": "mysql://db/app"}}, "postgres.dsn", "postgres:// DSN"),
     ],
 )
 def test_each_mistake_raises_one_config_error_with_its_key_path(
@@ -412,6 +436,52 @@ def test_each_mistake_raises_one_config_error_with_its_key_path(
     assert (error.source, error.key_path) == ("<dict>", key_path)
     assert str(error).startswith(f"<dict>: {key_path}: expected ")
     assert says in str(error)
+
+
+@pytest.mark.parametrize(
+    ("data", "read", "expected"),
+    [
+        ({"redis": {"url": "redis://[::1]:6379/0"}}, lambda c: c.redis.url, "redis://[::1]:6379/0"),
+        (
+            {"redis": {"url": "rediss://u:p w@r:6380/1"}},
+            lambda c: c.redis.url,
+            "rediss://u:p w@r:6380/1",
+        ),
+        (
+            {"redis": {"url": "unix:///run/redis.sock"}},
+            lambda c: c.redis.url,
+            "unix:///run/redis.sock",
+        ),
+        ({"redis": {"url": None}}, lambda c: c.redis.url, None),
+        ({"redis": {"host": "::1"}}, lambda c: c.redis.host, "::1"),
+        ({"redis": {"host": "fe80::1%eth0"}}, lambda c: c.redis.host, "fe80::1%eth0"),
+        ({"redis": {"host": "10.0.0.7"}}, lambda c: c.redis.host, "10.0.0.7"),
+        (
+            {"memcached": {"host": "cache-1.internal"}},
+            lambda c: c.memcached.host,
+            "cache-1.internal",
+        ),
+        (
+            {"s3": {"endpoint_url": "http://[::1]:9000"}},
+            lambda c: c.s3.endpoint_url,
+            "http://[::1]:9000",
+        ),
+        (
+            {"s3": {"endpoint_url": "https://s3.eu-west-1.amazonaws.com"}},
+            lambda c: c.s3.endpoint_url,
+            "https://s3.eu-west-1.amazonaws.com",
+        ),
+        (
+            {"postgres": {"dsn": "postgres://app@db1:5432,db2:5433/app"}},
+            lambda c: c.postgres.dsn,
+            "postgres://app@db1:5432,db2:5433/app",
+        ),
+    ],
+)
+def test_urls_and_hosts_the_clients_take_load(
+    data: dict[str, Any], read: Get, expected: Any
+) -> None:
+    assert read(load_config(data)) == expected
 
 
 def test_the_message_reads_file_key_expected_got(
@@ -484,6 +554,176 @@ def _write_bytes(path: Path, data: bytes) -> Path:
 def test_a_source_of_another_type_is_a_type_error() -> None:
     with pytest.raises(TypeError, match="a file path, a dict or None"):
         load_config(42)  # type: ignore[arg-type]
+
+
+# ---- local paths: a path no write could use fails at load ------------------------------------
+def _file(path: Path, text: str = "") -> Path:
+    path.write_text(text)
+    return path
+
+
+def _dangling_symlink(directory: Path) -> Path:
+    link = directory / "link"
+    link.symlink_to(directory / "gone")
+    return link
+
+
+@pytest.mark.parametrize(
+    ("section", "make", "says"),
+    [
+        ("dry_cache", lambda d: _file(d / "dry"), "(it is a file)"),
+        ("dry_cache", lambda d: _file(d / "f") / "cache" / "dry", "/f is a file)"),
+        ("dry_cache", _dangling_symlink, "(it is a symlink that cannot be followed"),
+        ("dry_cache", lambda d: _dangling_symlink(d) / "dry", "/link is a symlink that cannot"),
+        ("tracking", lambda d: d, "(it is a directory)"),
+        ("tracking", lambda d: _file(d / "f") / "index.db", "/f is a file)"),
+        (
+            "tracking",
+            lambda d: _file(d / "notes.txt", "hot_cache: {ttl_hours: 1}\n"),
+            "(it is a file that is not an SQLite database)",
+        ),
+    ],
+)
+def test_a_path_no_write_could_use_fails_at_load_naming_file_key_and_why(
+    tmp_path: Path, section: str, make: Callable[[Path], Path], says: str
+) -> None:
+    target = make(tmp_path)
+    config_file = tmp_path / "tiercache.yaml"
+    config_file.write_text(f"{section}:\n  path: {json.dumps(str(target))}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(config_file)
+    assert info.value.key_path == f"{section}.path"
+    assert str(info.value).startswith(f"{config_file}: {section}.path: expected ")
+    assert f"got {str(target)!r} (" in str(info.value)
+    assert says in str(info.value)
+
+
+def test_a_relative_path_is_checked_where_it_resolves_and_shown_as_written(
+    tmp_path: Path,
+) -> None:
+    _file(tmp_path / "data")
+    config_file = tmp_path / "tiercache.yaml"
+    config_file.write_text("dry_cache: {path: data/dry}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(config_file)
+    assert str(info.value) == (
+        f"{config_file}: dry_cache.path: expected a directory this process can create or"
+        f" write in, got 'data/dry' ({tmp_path / 'data'} is a file)"
+    )
+
+
+NOBODY = 65534  # the unprivileged user and group on Linux
+
+
+@pytest.fixture
+def searchable_dir() -> Iterator[Path]:
+    """A directory other users may enter (pytest's tmp_path is private to its owner)."""
+    with tempfile.TemporaryDirectory() as name:
+        os.chmod(name, 0o755)
+        yield Path(name)
+
+
+def _load_error_as_unprivileged_user(data: dict[str, Any], cwd: Path) -> str:
+    """The ConfigError message load_config(data) raises for a user without root's rights
+    ("" when it loads). Root may write anywhere, so as root the load runs in a child process
+    whose effective user is nobody; this process keeps its rights."""
+    if os.geteuid() != 0:
+        try:
+            load_config(data)
+        except ConfigError as exc:
+            return str(exc)
+        return ""
+    code = (
+        "import json, os, sys\n"
+        "from tiercache_mw.config import load_config\n"
+        "from tiercache_mw.errors import ConfigError\n"
+        f"os.setegid({NOBODY})\n"
+        f"os.seteuid({NOBODY})\n"
+        "try:\n"
+        "    load_config(json.loads(sys.argv[1]))\n"
+        "except ConfigError as exc:\n"
+        "    print(exc)\n"
+    )
+    package_root = str(Path(config_module.__file__).resolve().parent.parent)
+    result = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(data)],
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": package_root},  # the tiercache_mw under test
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return result.stdout.strip()
+
+
+@pytest.mark.parametrize(
+    ("section", "under_locked", "says"),
+    [
+        ("dry_cache", "dry", "locked is a directory this process may not write in)"),
+        ("dry_cache", "a/b/dry", "locked is a directory this process may not write in)"),
+        ("tracking", "index.db", "locked is a directory this process may not write in)"),
+        ("tracking", "existing.db", "(it is a file this process may not write)"),
+    ],
+)
+def test_a_path_this_user_may_not_write_fails_at_load(
+    searchable_dir: Path, section: str, under_locked: str, says: str
+) -> None:
+    locked = searchable_dir / "locked"
+    locked.mkdir()
+    sqlite3.connect(locked / "existing.db").close()
+    os.chmod(locked / "existing.db", 0o444)
+    os.chmod(locked, 0o555)
+    data = {section: {"path": str(locked / under_locked)}}
+    if os.geteuid() == 0:
+        load_config(data)  # root itself may write there
+    message = _load_error_as_unprivileged_user(data, searchable_dir)
+    assert message.startswith(f"<dict>: {section}.path: expected ")
+    assert message.endswith(says)
+
+
+def test_paths_that_can_work_load_and_loading_creates_nothing(tmp_path: Path) -> None:
+    database = tmp_path / "db" / "index.db"
+    database.parent.mkdir()
+    sqlite3.connect(database).execute("CREATE TABLE t (x)").connection.close()
+    (tmp_path / "empty.db").touch()  # sqlite makes an empty file a database
+    # Another process creating the database this moment: a part of the header, then zeros.
+    (tmp_path / "being-written.db").write_bytes(b"SQLite f" + bytes(100))
+    (tmp_path / "dry").mkdir()
+    before = sorted(tmp_path.rglob("*"))
+    for dry, tracking in [
+        (tmp_path / "new" / "deeper" / "dry", tmp_path / "new" / "index.db"),
+        (tmp_path / "dry", database),
+        (tmp_path / "dry", tmp_path / "empty.db"),
+        (tmp_path / "dry", tmp_path / "being-written.db"),
+    ]:
+        config = load_config({"dry_cache": {"path": str(dry)}, "tracking": {"path": str(tracking)}})
+        assert (config.dry.path, config.tracking.path) == (str(dry), str(tracking))
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_a_path_is_checked_only_for_the_backend_that_uses_it(tmp_path: Path) -> None:
+    a_file = _file(tmp_path / "f")
+    config = load_config(
+        {
+            "dry_cache": {"backend": "s3", "path": str(a_file)},
+            "s3": {"bucket": "b"},
+            "tracking": {"backend": "redis", "path": str(tmp_path)},
+        }
+    )
+    assert (config.dry.backend, config.tracking.backend) == ("s3", "redis")
+
+
+def test_paths_left_at_their_defaults_are_not_checked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # TierCache() must still start in a directory where the default paths cannot be made:
+    # the dry tier then fails its writes (logged, counted), as it always did.
+    _file(tmp_path / ".tiercache")
+    monkeypatch.chdir(tmp_path)
+    assert load_config({}).dry.path == str(tmp_path / ".tiercache" / "dry")
+    with pytest.raises(ConfigError, match=r"dry_cache\.path: .*\.tiercache is a file"):
+        load_config({"dry_cache": {"path": ".tiercache/dry"}})
 
 
 # ---- optional extras --------------------------------------------------------------------------

@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import difflib
 import importlib.util
+import ipaddress
 import math
 import os
 import re
+import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -337,6 +340,66 @@ def _tags(value: Any) -> Tags:
     return tuple(pairs)
 
 
+_HOST_ALONE = "a host name or IP address alone (no scheme, port, path or spaces)"
+
+
+def _host_problem(host: str) -> bool:
+    """True when no resolver takes `host`: a space, a slash, or a colon outside an IPv6
+    address (``localhost:6379``, ``redis://localhost``), the usual slips."""
+    if any(char.isspace() or char == "/" for char in host):
+        return True
+    if ":" not in host:
+        return False
+    try:
+        ipaddress.IPv6Address(host)
+    except ValueError:
+        return True
+    return False
+
+
+def _host(value: Any) -> str:
+    if not isinstance(value, str) or not value or _host_problem(value):
+        raise _Invalid(_HOST_ALONE)
+    return value
+
+
+def _url(kind: str, *schemes: str, host: bool = False, spaces: bool = True) -> Parser:
+    """`kind` (or null): a URL starting with one of `schemes` that the client can parse.
+
+    redis-py and botocore split URLs with urllib.parse, whose `port` raises on a port that is
+    not a number from 0 to 65535: such a URL fails every connection. `host`: a host name is
+    required (a ``unix://`` URL needs the socket's path instead); `spaces`: whitespace may
+    appear (a redis password in the URL may hold a space).
+    """
+    prefixes = tuple(f"{scheme}://" for scheme in schemes)
+
+    def parse(value: Any) -> str | None:
+        if value is None:
+            return None
+        if not isinstance(value, str) or not value.startswith(prefixes):
+            raise _Invalid(f"{kind}, or null")
+        if not spaces and any(char.isspace() for char in value):
+            raise _Invalid(f"{kind} without spaces")
+        try:
+            parts = urlsplit(value)
+        except ValueError as exc:  # an unclosed [IPv6 address]
+            raise _Invalid(f"{kind} that parses ({exc})") from None
+        try:
+            parts.port  # noqa: B018 -- reading the property is the check
+        except ValueError:
+            raise _Invalid(f"{kind} whose port is a number from 0 to 65535") from None
+        if parts.scheme == "unix":
+            if not parts.path:
+                raise _Invalid(f"{kind} with the socket's path, such as unix:///run/redis.sock")
+        elif host and not parts.hostname:
+            raise _Invalid(f"{kind} with a host name")
+        elif parts.hostname and _host_problem(parts.hostname):
+            raise _Invalid(f"{kind} whose host is {_HOST_ALONE}")
+        return value
+
+    return parse
+
+
 def _route_pattern(value: Any) -> str:
     if not isinstance(value, str):
         raise _Invalid("a route pattern such as '/products/{id}'")
@@ -510,24 +573,17 @@ _TTL_RULE = _Section(
 )
 _REDIS = _Section(
     {
-        "host": ("host", _string("a host name")),
+        "host": ("host", _host),
         "port": ("port", _PORT),
         "db": ("db", _integer("a database number >= 0", 0, 2**31 - 1)),
-        "url": (
-            "url",
-            _string(
-                "a redis://, rediss:// or unix:// URL, or null",
-                pattern=r"(?:rediss?|unix)://.*",
-                nullable=True,
-            ),
-        ),
+        "url": ("url", _url("a redis://, rediss:// or unix:// URL", "redis", "rediss", "unix")),
         "password": ("password", _OPTIONAL_TEXT),
         "prefix": ("prefix", _string("a key prefix without spaces", pattern=_NO_SPACE, empty=True)),
     }
 )
 _MEMCACHED = _Section(
     {
-        "host": ("host", _string("a host name")),
+        "host": ("host", _host),
         "port": ("port", _PORT),
         # memcached keys may hold no whitespace or control characters.
         "prefix": ("prefix", _string("a key prefix without spaces", pattern=_NO_SPACE, empty=True)),
@@ -537,7 +593,7 @@ _S3 = _Section(
     {
         "endpoint_url": (
             "endpoint_url",
-            _string("an http:// or https:// URL, or null", pattern=r"https?://\S+", nullable=True),
+            _url("an http:// or https:// URL", "http", "https", host=True, spaces=False),
         ),
         "bucket": ("bucket", _string("a bucket name", pattern=r"[^/\s]+")),
         "region": ("region", _OPTIONAL_TEXT),
@@ -548,7 +604,11 @@ _S3 = _Section(
 )
 _POSTGRES = _Section(
     {
-        "dsn": ("dsn", _string("a postgresql:// DSN")),
+        # asyncpg takes only the URL form: "host=... dbname=..." fails every connection.
+        "dsn": (
+            "dsn",
+            _string("a postgresql:// or postgres:// DSN", pattern=r"postgres(?:ql)?://.*"),
+        ),
         "table": ("table", _string("a table name such as tiercache_index", pattern=_SQL_NAME)),
     }
 )
@@ -588,10 +648,10 @@ def _build(data: object, source: str, base_dir: Path) -> Config:
     defaults = Config(base_dir=base_dir)
     hot = replace(defaults.hot, **_HOT_COLD.read(data.get("hot_cache"), "hot_cache", source))
     cold = replace(defaults.cold, **_HOT_COLD.read(data.get("cold_cache"), "cold_cache", source))
-    dry = replace(defaults.dry, **_DRY.read(data.get("dry_cache"), "dry_cache", source))
-    tracking = replace(
-        defaults.tracking, **_TRACKING.read(data.get("tracking"), "tracking", source)
-    )
+    dry_fields = _DRY.read(data.get("dry_cache"), "dry_cache", source)
+    dry = replace(defaults.dry, **dry_fields)
+    tracking_fields = _TRACKING.read(data.get("tracking"), "tracking", source)
+    tracking = replace(defaults.tracking, **tracking_fields)
     http = replace(defaults.http, **_HTTP.read(data.get("http"), "http", source))
     routes = tuple(
         RouteRule(**fields_, regex=compile_pattern(fields_["pattern"]))
@@ -644,11 +704,104 @@ def _build(data: object, source: str, base_dir: Path) -> Config:
         base_dir=base_dir,
     )
     _check_extras(config, source)
+    _check_local_paths(config, dry_fields.get("path"), tracking_fields.get("path"), source)
     return config
 
 
 def _absolute(path: str, base_dir: Path) -> str:
     return os.path.normpath(base_dir / Path(path).expanduser())
+
+
+# ---- local paths: refused at load when no write there could ever succeed ---------------------
+# Writes are allowed or refused by the effective user, so ask the kernel about that one.
+_EFFECTIVE_IDS = os.access in os.supports_effective_ids
+_SQLITE_HEADER = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database file
+
+
+def _check_local_paths(
+    config: Config, dry_path: str | None, tracking_path: str | None, source: str
+) -> None:
+    """Fail at load, not with a log line on every write, when a path set in the config can
+    never work for the backend that uses it.
+
+    Only looks (stat, access, 16 bytes of an existing sqlite file): loading creates nothing;
+    the dry tier makes its directory on its first write, sqlite its file on first use. Paths
+    left at their defaults are not checked, so `TierCache()` still starts in a read-only
+    working directory (its dry writes fail, logged and counted, as before).
+    """
+    if dry_path is not None and config.dry.backend == "local":
+        problem = _directory_problem(_absolute(dry_path, config.base_dir))
+        if problem is not None:
+            expected = "a directory this process can create or write in"
+            got = _Shown(f"{dry_path!r} ({problem})")
+            raise ConfigError(source, "dry_cache.path", expected, got)
+    if tracking_path is not None and config.tracking.backend == "sqlite":
+        problem = _sqlite_file_problem(_absolute(tracking_path, config.base_dir))
+        if problem is not None:
+            expected = "an SQLite file this process can create or write"
+            got = _Shown(f"{tracking_path!r} ({problem})")
+            raise ConfigError(source, "tracking.path", expected, got)
+
+
+def _directory_problem(path: str, *, itself: str = "it") -> str | None:
+    """Why `os.makedirs(path, exist_ok=True)` then a write inside it must fail, or None.
+
+    That needs the nearest existing entry on the way up to be a directory this process may
+    write in and search; `path` itself if it exists, named `itself` in the answer.
+    """
+    existing = path
+    while True:
+        try:
+            os.lstat(existing)
+            break
+        except (FileNotFoundError, NotADirectoryError, PermissionError):
+            # Missing, under a file, or under a directory we may not search: look higher;
+            # the entry found there says why.
+            existing = os.path.dirname(existing)  # "/" always exists: the loop ends
+        except OSError as exc:
+            return f"{existing} cannot be looked up: {exc.strerror}"
+    named = itself if existing == path else existing
+    try:
+        mode = os.stat(existing).st_mode
+    except OSError as exc:
+        return f"{named} is a symlink that cannot be followed: {exc.strerror}"
+    if not stat.S_ISDIR(mode):
+        return f"{named} is {'a file' if stat.S_ISREG(mode) else 'not a directory'}"
+    if not os.access(existing, os.W_OK | os.X_OK, effective_ids=_EFFECTIVE_IDS):
+        return f"{named} is a directory this process may not write in"
+    return None
+
+
+def _sqlite_file_problem(path: str) -> str | None:
+    """Why sqlite could never open `path` for writing, or None."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        # Not there yet: sqlite creates it, so its directory must be creatable and writable.
+        directory = os.path.dirname(path)
+        return _directory_problem(directory, itself=directory)
+    if stat.S_ISDIR(mode):
+        return "it is a directory"
+    if not stat.S_ISREG(mode):
+        return "it is not a regular file"
+    if not os.access(path, os.R_OK | os.W_OK, effective_ids=_EFFECTIVE_IDS):
+        return "it is a file this process may not write"
+    if _holds_other_data(path):
+        return "it is a file that is not an SQLite database"
+    # An existing database's directory is not checked: another process may hold its -wal
+    # and -shm files open, and then this one needs no right to create them.
+    return None
+
+
+def _holds_other_data(path: str) -> bool:
+    """True when the file begins with 16 bytes that are not SQLite's header, nor a header
+    another process is writing this moment (a prefix of it, then zeros)."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(len(_SQLITE_HEADER))
+    except OSError:
+        return False  # unreadable is reported by access() above, or gone: not ours to judge
+    return len(head) == len(_SQLITE_HEADER) and not _SQLITE_HEADER.startswith(head.rstrip(b"\0"))
 
 
 def _check_extras(config: Config, source: str) -> None:
