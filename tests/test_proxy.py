@@ -57,6 +57,7 @@ class Origin:
                 Route("/gzip", self.gzipped),
                 Route("/redirect", self.redirect),
                 Route("/slow", self.slow),
+                Route("/tagged/{name}", self.tagged),
             ]
         )
 
@@ -73,6 +74,14 @@ class Origin:
         return PlainTextResponse(
             f"{request.url.path} #{n}", headers={"cache-control": "max-age=60"}
         )
+
+    async def tagged(self, request: Request) -> Response:
+        """An ETag'd resource that answers its own If-None-Match with a 304, as origins do."""
+        self.count(request)
+        headers = {"cache-control": "max-age=60", "etag": '"t1"'}
+        if request.headers.get("if-none-match") == '"t1"':
+            return Response(status_code=304, headers=headers)
+        return PlainTextResponse("tagged", headers=headers)
 
     async def echo(self, request: Request) -> JSONResponse:
         self.count(request)
@@ -295,6 +304,18 @@ async def test_miss_then_hit_reaches_upstream_once(
     assert "age" in second.headers
 
 
+async def test_conditional_miss_is_stored_and_answered_304_by_the_proxy(
+    client: httpx.AsyncClient, upstream: Origin
+) -> None:
+    """The upstream gets the miss without If-None-Match: its 200 is stored and every poll,
+    the first included, gets its 304 from the proxy."""
+    polls = [await client.get("/tagged/poll", headers={"if-none-match": '"t1"'}) for _ in range(3)]
+    assert [poll.status_code for poll in polls] == [304, 304, 304]
+    assert polls[0].headers["cache-status"] == "tiercache; fwd=uri-miss; fwd-status=200; stored"
+    assert upstream.calls[("GET", "/tagged/poll")] == 1
+    assert (await client.get("/tagged/poll")).text == "tagged"
+
+
 async def test_date_is_added_when_the_origin_sends_none(client: httpx.AsyncClient) -> None:
     """RFC 9110 §6.6.1: a recipient with a clock adds Date to a message it forwards."""
     response = await client.get("/items/dated")
@@ -397,6 +418,19 @@ async def test_streamed_response_body_is_intact_and_cached(
     assert first.content == second.content == b"".join(STREAM_CHUNKS)
     assert first.headers["cache-status"] == "tiercache; fwd=uri-miss; stored"
     assert second.headers["cache-status"].startswith("tiercache; hit;")
+    assert upstream.calls[("GET", "/stream")] == 1
+
+
+async def test_range_is_answered_from_the_cached_response(
+    client: httpx.AsyncClient, upstream: Origin
+) -> None:
+    """RFC 9110 §14: a stored 200 answers a byte range with 206, the upstream asked once."""
+    whole = await client.get("/stream")
+    part = await client.get("/stream", headers={"range": "bytes=1000-1004"})
+    assert part.status_code == 206
+    assert part.content == whole.content[1000:1005] == b"BBBBB"
+    assert part.headers["content-range"] == f"bytes 1000-1004/{len(whole.content)}"
+    assert part.headers["cache-status"].startswith("tiercache; hit;")
     assert upstream.calls[("GET", "/stream")] == 1
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -45,6 +46,23 @@ def _host(host: bytes | None, server: tuple[str, int | None] | None) -> str:
     return ""
 
 
+def _route_path(scope: Scope) -> str:
+    """The path the app's router matches, as WSGI's PATH_INFO: scope["path"] includes the
+    root_path (ASGI spec; uvicorn --root-path, Starlette's Mount), route patterns do not.
+
+    starlette._utils.get_route_path does this but is private and changed across the
+    starlette versions we allow; these lines follow its current form.
+    """
+    path: str = scope["path"]
+    root_path: str = scope.get("root_path", "")
+    if not root_path or not path.startswith(root_path):
+        return path  # a server that sends the path without its root_path
+    rest = path[len(root_path) :]
+    if not rest:
+        return "/"
+    return rest if rest[0] == "/" else path  # /app is not the root of /application
+
+
 def request_view(scope: Scope) -> RequestView:
     headers: list[tuple[bytes, bytes]] = scope["headers"]
     host = None
@@ -56,7 +74,7 @@ def request_view(scope: Scope) -> RequestView:
         method=scope["method"],
         scheme=scope.get("scheme", "http"),
         host=_host(host, _server(scope)),
-        path=scope["path"],
+        path=_route_path(scope),
         raw_path=_raw_path(scope.get("raw_path"), scope["path"]),
         query=scope.get("query_string", b"").decode("latin-1"),
         headers=headers,
@@ -67,21 +85,21 @@ def hot_key(scope: Scope) -> str | None:
     """The primary key of a plain GET/HEAD, or None when the request needs the full path."""
     host = None
     for name, value in scope["headers"]:
-        if name == b"host":
+        # One set probe per field: most fields are neither Host nor one of those.
+        if name in _HOST_AND_FULL_PATH_FIELDS:
+            if name != b"host":
+                return None
             if host is None:  # the first, as `request_view` takes it
                 host = value
-        elif name in REQUEST_FIELDS_NEEDING_THE_FULL_PATH:
-            return None
     # Without a Host field the server's address names the origin; the two cannot collide
-    # in the memo, one being bytes and the other a tuple.
-    origin = host if host is not None else _server(scope)
+    # in the memo, one being bytes and the other a tuple. Likewise a raw_path (bytes) and a
+    # path (str), and a missing scheme or query string (None) against one sent.
     request_line = (
         scope["method"],
-        scope.get("scheme", "http"),
-        origin,
-        scope.get("raw_path"),
-        scope["path"],
-        scope.get("query_string", b""),
+        scope.get("scheme"),
+        host if host is not None else _server(scope),
+        scope.get("raw_path") or scope["path"],
+        scope.get("query_string"),
     )
     key = _keys.get(request_line)
     if key is None:
@@ -89,20 +107,38 @@ def hot_key(scope: Scope) -> str | None:
     return key
 
 
+_HOST_AND_FULL_PATH_FIELDS = REQUEST_FIELDS_NEEDING_THE_FULL_PATH | {b"host"}
+
+
 def _server(scope: Scope) -> tuple[str, int | None] | None:
     server = scope.get("server")
     return (server[0], server[1]) if server else None  # some servers send a list
 
 
-_RequestLine = tuple[str, str, "bytes | tuple[str, int | None] | None", "bytes | None", str, bytes]
+# method, scheme, Host or server address, raw_path or path, query string
+_RequestLine = tuple[
+    str, "str | None", "bytes | tuple[str, int | None] | None", "bytes | str", "bytes | None"
+]
 _keys = KeyMemo()
 
 
 def _remember_key(request_line: _RequestLine) -> str:
-    method, scheme, origin, raw_path, path, query = request_line
+    method, scheme, origin, target, query = request_line
     host = _host(origin, None) if isinstance(origin, bytes) else _host(None, origin)
-    key = primary_key(method, scheme, host, _raw_path(raw_path, path), query.decode("latin-1"))
+    # `target` is the raw_path when one was sent, else the path, as `_raw_path` chooses.
+    path = target.decode("latin-1") if isinstance(target, bytes) else target
+    key = primary_key(
+        method,
+        "http" if scheme is None else scheme,
+        host,
+        path.partition("?")[0],
+        "" if query is None else query.decode("latin-1"),
+    )
     return _keys.remember(request_line, key)
+
+
+def _no_waiters() -> None:
+    """`release` for a forward nobody is collapsed onto."""
 
 
 class CacheMiddleware:
@@ -113,7 +149,8 @@ class CacheMiddleware:
         self.cache = build_cache(cache, config)
         self.engine = HttpCache(self.cache)
         self.hot = HotPath(self.engine)
-        self._inflight: dict[str, asyncio.Future[None]] = {}
+        # key -> (done, the leader's Exchange: followers report the status it received)
+        self._inflight: dict[str, tuple[asyncio.Future[None], Exchange]] = {}
         self._refreshing: set[str] = set()
         self._background: set[asyncio.Task[None]] = set()
 
@@ -121,9 +158,10 @@ class CacheMiddleware:
         kind = scope["type"]
         if kind == "http":
             method = scope["method"]
-            if (method == "GET" or method == "HEAD") and self.hot.enabled:
+            hot = self.hot
+            if (method == "GET" or method == "HEAD") and hot.enabled:
                 key = hot_key(scope)
-                found = self.hot.fresh(key) if key is not None else None
+                found = hot.fresh(key) if key is not None else None
                 if found is not None:
                     # The hot hit, sent inline rather than through a Reply: one object and
                     # one call less on the path this middleware exists for.
@@ -166,9 +204,11 @@ class CacheMiddleware:
         await self.app(scope, receive_and_start, send_and_close)
 
     async def close(self) -> None:
-        """Wait for background refreshes, then close the cache (persisting RAM to dry)."""
+        """Wait for background refreshes and the removals they or requests started, then
+        close the cache (persisting RAM to dry)."""
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
+        await self.engine.drain()
         await self.cache.close()
 
     # ---- the full path ---------------------------------------------------------------------
@@ -201,25 +241,42 @@ class CacheMiddleware:
         self, exchange: Exchange, scope: Scope, receive: Receive, send: Send
     ) -> None:
         """Concurrent forwards for one key make one call to the app; the others wait for it
-        and are answered from what it stored, or go to the app themselves if it stored nothing.
+        and are answered from what it stored, or go to the app themselves if it stores nothing.
+
+        The waiters are let go as soon as the answer is known: at the response head when it
+        will not be stored (as Varnish's hit-for-miss), else once the entry is stored.
         """
         if exchange.request.method != "GET":
             await self._forward(exchange, scope, receive, send)  # a HEAD stores nothing to share
             return
         key = exchange.key
-        leader = self._inflight.get(key)
-        if leader is not None:
-            if await self._wait_for(leader) and await self._answer_collapsed(exchange, send):
+        inflight = self._inflight.get(key)
+        if inflight is not None:
+            leader, leading = inflight
+            if await self._wait_for(leader) and await self._answer_collapsed(
+                exchange, leading, send
+            ):
                 return
             await self._forward(exchange, scope, receive, send)
             return
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._inflight[key] = done
-        try:
+        if _forwards_a_range(exchange):
+            # Its answer is a part, never stored: requests waiting on it would wait for nothing.
             await self._forward(exchange, scope, receive, send)
+            return
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = (done, exchange)
+
+        def release() -> None:
+            current = self._inflight.get(key)
+            if current is not None and current[0] is done:  # not a later leader's
+                del self._inflight[key]
+            if not done.done():
+                done.set_result(None)
+
+        try:
+            await self._forward(exchange, scope, receive, send, release)
         finally:
-            del self._inflight[key]
-            done.set_result(None)
+            release()
 
     async def _wait_for(self, leader: asyncio.Future[None]) -> bool:
         try:
@@ -230,7 +287,7 @@ class CacheMiddleware:
             return False
         return True
 
-    async def _answer_collapsed(self, exchange: Exchange, send: Send) -> bool:
+    async def _answer_collapsed(self, exchange: Exchange, leader: Exchange, send: Send) -> bool:
         retry = self.engine.plan(exchange.request)
         await self._find(retry)
         if retry.entry is None or retry.entry is exchange.entry:
@@ -238,12 +295,22 @@ class CacheMiddleware:
         if self.engine.reuse(retry, self.engine.clock()) is not Action.SERVE:
             return False
         retry.fwd = exchange.fwd
-        await _send_reply(send, self.engine.collapsed_reply(retry, self.engine.clock()))
+        reply = self.engine.collapsed_reply(
+            retry, self.engine.clock(), fwd_status=leader.received_status or None
+        )
+        await _send_reply(send, reply)
         return True
 
     async def _forward(
-        self, exchange: Exchange, scope: Scope, receive: Receive, send: Send
+        self,
+        exchange: Exchange,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        release: Callable[[], None] = _no_waiters,
     ) -> None:
+        """Call the app and tee its response into the store; `release` lets the requests
+        collapsed onto this one go once they can be answered (idempotent)."""
         engine = self.engine
         client_scope = scope
         if exchange.forward_headers is not None:
@@ -255,9 +322,29 @@ class CacheMiddleware:
         parts: list[bytes] = []
         kept = 0
         storing = False
+        # STORE_THEN_ANSWER: the app's head, not sent while the client may get the cache's
+        # answer instead; sent with what was kept when the response cannot be stored after all.
+        held_start: Message | None = None
+        answered = False  # the cache's answer went out: the app's remaining messages are dropped
+
+        async def send_held_as_pass() -> None:
+            nonlocal held_start, storing
+            assert held_start is not None
+            start, held_start = held_start, None
+            storing = False
+            release()
+            await send(start)
+            if parts:
+                await send(
+                    {"type": "http.response.body", "body": b"".join(parts), "more_body": True}
+                )
+                parts.clear()
 
         async def send_through_cache(message: Message) -> None:
             nonlocal decision, response_status, response_headers, kept, storing
+            nonlocal held_start, answered
+            if answered:
+                return
             kind = message["type"]
             if kind == "http.response.start":
                 response_status = message["status"]
@@ -269,31 +356,63 @@ class CacheMiddleware:
                 decision = engine.on_response(exchange, response_status, response_headers)
                 if decision.plan is ResponsePlan.RETRY:
                     return  # the app is asked again once it has finished this response
+                storing = decision.plan in _STORING
+                if not storing:
+                    release()  # nothing to wait for: any update of the entry is stored now
                 if decision.plan is ResponsePlan.SERVE_STORED:
                     assert decision.reply is not None
                     await _send_reply(send, decision.reply)
                     return
-                storing = decision.plan is ResponsePlan.STORE
+                if decision.plan is ResponsePlan.STORE_THEN_ANSWER:
+                    held_start = {**message, "headers": decision.headers}
+                    return
                 await send({**message, "headers": decision.headers})
             elif kind == "http.response.body":
                 if decision is not None and decision.plan.replaces_response:
                     return  # the app's answer was replaced; drain it quietly
+                if held_start is not None:
+                    assert decision is not None
+                    chunk = message.get("body", b"")
+                    kept += len(chunk)
+                    if kept > max_bytes:
+                        engine.mark_not_storable(exchange)
+                        await send_held_as_pass()  # too large to store: the app's 200 after all
+                        await send(message)
+                        return
+                    parts.append(chunk)
+                    if message.get("more_body", False):
+                        return
+                    entries = engine.finish(exchange, decision, b"".join(parts))
+                    for entry in entries:
+                        self.cache.put(entry)
+                    release()
+                    answered = True
+                    reply = engine.answer_from_stored(exchange, decision, stored=bool(entries))
+                    await _send_reply(send, reply)
+                    return
                 if storing:
                     chunk = message.get("body", b"")
                     kept += len(chunk)
                     if kept > max_bytes:
+                        engine.mark_not_storable(exchange)
                         storing = False  # too large: stream the rest through, keep nothing
                         parts.clear()
+                        release()
                     else:
                         parts.append(chunk)
                 if storing and not message.get("more_body", False):
                     assert decision is not None
-                    # Stored before the last chunk goes out, so a client's next request finds it.
+                    # Stored before the last chunk goes out, so a client's next request finds it
+                    # and the waiting requests are answered without waiting for this client.
                     for entry in engine.finish(exchange, decision, b"".join(parts)):
                         self.cache.put(entry)
+                    release()
                 await send(message)
             else:
+                if held_start is not None:
+                    await send_held_as_pass()
                 storing = False  # trailers or pathsend: not a body we can keep whole
+                release()
                 if decision is None or not decision.plan.replaces_response:
                     await send(message)
 
@@ -311,7 +430,7 @@ class CacheMiddleware:
             return
         if decision is not None and decision.plan is ResponsePlan.RETRY:
             # A GET or HEAD: its (empty) body was read by the first call, so it is replayed.
-            await self._forward(exchange, client_scope, _empty_body_then(receive), send)
+            await self._forward(exchange, client_scope, _empty_body_then(receive), send, release)
 
     # ---- stale-while-revalidate --------------------------------------------------------------
     def _refresh_in_background(self, exchange: Exchange, scope: Scope) -> None:
@@ -346,7 +465,15 @@ class CacheMiddleware:
             self._refreshing.discard(exchange.key)
 
 
-# Plans under which the app's response never reaches the client.
+_STORING = frozenset({ResponsePlan.STORE, ResponsePlan.STORE_THEN_ANSWER})
+
+
+def _forwards_a_range(exchange: Exchange) -> bool:
+    """Does the request sent to the app ask for a part? (Validation sends it without one.)"""
+    headers = exchange.forward_headers
+    if headers is None:
+        headers = exchange.request.headers
+    return any(name == b"range" for name, _ in headers)
 
 
 def _empty_body_then(receive: Receive) -> Receive:

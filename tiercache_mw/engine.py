@@ -9,10 +9,13 @@ the pure functions in `tiercache_mw.http`; the store is `TierCache`'s entry API.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import logging
+import threading
 import time
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +23,7 @@ from typing import Any
 from tiercache_mw.config import Config, TtlRule, load_config
 from tiercache_mw.http.cache_control import (
     RequestCacheControl,
+    ResponseCacheControl,
     request_cache_control,
     response_cache_control,
 )
@@ -36,6 +40,7 @@ from tiercache_mw.http.freshness import current_age, initial_age
 from tiercache_mw.http.headers import get_header
 from tiercache_mw.http.invalidation import UNSAFE_METHODS, invalidation_urls
 from tiercache_mw.http.key import primary_key, url_for, vary_key
+from tiercache_mw.http.ranges import answer_range
 from tiercache_mw.http.response import (
     StorePolicy,
     build_stored_response,
@@ -46,7 +51,7 @@ from tiercache_mw.http.reuse import Reuse, decide_reuse, may_serve_stale_on_erro
 from tiercache_mw.http.storability import decide_store
 from tiercache_mw.rules import RouteTable, TtlRules
 from tiercache_mw.store.cache import TierCache
-from tiercache_mw.store.entry import Entry, StoredResponse, Tags
+from tiercache_mw.store.entry import Entry, Residency, StoredResponse, Tags
 
 __all__ = [
     "Action",
@@ -67,6 +72,10 @@ Headers = list[tuple[bytes, bytes]]
 VARY_MARKER = "tiercache-vary"
 URL_TAG = "url"
 _CACHEABLE_METHODS = frozenset({"GET", "HEAD"})
+# Varnish's builtin VCL keeps a hit-for-miss object for 120 s once a response proves
+# uncacheable; a few thousand keys bound the RAM it takes (~100 B a key).
+NOT_STORABLE_SECONDS = 120.0
+NOT_STORABLE_KEYS = 4096
 _EMPTY_REQUEST_CC = RequestCacheControl(
     max_age=None, max_stale=None, min_fresh=None, no_cache=False, no_store=False,
     only_if_cached=False,
@@ -111,6 +120,10 @@ class Exchange:
     collapsed: bool = False
     request_time: float = 0.0
     forward_headers: Headers | None = None  # request headers to send instead of the client's
+    received_status: int = 0  # the app's status on the last forward (0 before any)
+    # A conditional miss sent without its conditions: a storable answer is stored first, then
+    # the client's conditions are answered from it (`HttpCache.answer_from_stored`).
+    answer_from_store: bool = False
 
 
 @dataclass(slots=True)
@@ -125,6 +138,10 @@ class Reply:
 class ResponsePlan(enum.Enum):
     PASS = "pass"  # send the app's response, do not store
     STORE = "store"  # send it and keep the body for the store
+    # Keep the body for the store and send nothing yet: once stored, the client gets
+    # `HttpCache.answer_from_stored` (its conditions answered from the new entry). A body that
+    # passes max_entry_bytes is sent as a PASS after all, with `headers`.
+    STORE_THEN_ANSWER = "store-then-answer"
     SERVE_STORED = "serve-stored"  # drop the app's response, send `reply` instead
     # Drop the app's response and call it again with `exchange.forward_headers`: it answered
     # the cache's validators with a 304 for another representation (RFC 9111 §4.3.4).
@@ -139,12 +156,15 @@ class ResponsePlan(enum.Enum):
 @dataclass(slots=True)
 class ResponseDecision:
     plan: ResponsePlan
-    headers: Headers  # for PASS/STORE: what the client gets
+    headers: Headers  # for PASS/STORE (and STORE_THEN_ANSWER sent as a pass): the client's
     reply: Reply | None = None
     stored: StoredResponse | None = None  # for STORE: the response, body still to come
     tags: Tags = ()
     rule: TtlRule | None = None
     vary: tuple[str, ...] = field(default=())
+    # For STORE_THEN_ANSWER: the app's fields as a plain miss sends them (`client_headers`),
+    # for the client that caused the fetch; the stored copy may lack some (private="F").
+    app_headers: Headers = field(default_factory=list)
 
 
 ConfigSource = str | Path | Config | dict[str, Any] | None
@@ -173,6 +193,11 @@ class HttpCache:
         self.name = config.http.cache_name
         self.routes = RouteTable.from_config(config)
         self.ttl_rules = TtlRules.from_config(config)
+        # Removals started from an event loop (`_forget`), held until done.
+        self._background: set[asyncio.Task[bool]] = set()
+        # Keys whose last response could not be stored: a conditional miss on one goes to
+        # the app with its conditions, whose own 304 is then the cheaper answer.
+        self._not_storable = _NotStorableKeys(NOT_STORABLE_SECONDS, NOT_STORABLE_KEYS)
 
     # ---- planning -----------------------------------------------------------------------
     def plan(self, request: RequestView) -> Exchange:
@@ -224,6 +249,13 @@ class HttpCache:
         if entry is None:
             if exchange.req_cc.only_if_cached:
                 return Action.GATEWAY_TIMEOUT
+            fills = _fills_before_answering(exchange.request, exchange.req_cc)
+            if fills and not self._not_storable.holds(exchange.primary, now):
+                # As Varnish: ask for the whole response, store it, answer the client's
+                # If-None-Match/If-Modified-Since from it, so the next poll is a hit. Not
+                # while the key's last response could not be stored (its hit-for-miss).
+                exchange.answer_from_store = True
+                exchange.forward_headers = _without_validation_conditions(exchange.request.headers)
             return Action.FORWARD
         stored: StoredResponse = entry.value
         if exchange.req_cc.no_store:
@@ -250,13 +282,16 @@ class HttpCache:
         return Action.FORWARD
 
     def prepare_validation(self, exchange: Exchange, stored: StoredResponse) -> None:
-        """Forward with our validators instead of the client's own conditions (§4.3.1)."""
+        """Forward with our validators instead of the client's own conditions (§4.3.1), and
+        without Range/If-Range: the answer is to freshen or replace the whole stored response,
+        so the app must send a 304 or the whole 200, not a part we could not store."""
+        headers = exchange.request.headers
         validators = validation_headers(stored)
-        if not validators:
-            return
-        exchange.validating = True
-        kept = _without_validation_conditions(exchange.request.headers)
-        exchange.forward_headers = kept + validators
+        if validators:
+            exchange.validating = True
+            exchange.forward_headers = _without_validation_conditions(headers) + validators
+        elif _has_range_fields(headers):
+            exchange.forward_headers = _without_range_fields(headers)
 
     # ---- answering from the cache -------------------------------------------------------
     def hit_reply(self, exchange: Exchange, now: float) -> Reply:
@@ -273,18 +308,65 @@ class HttpCache:
         )
         return self._reply_from_stored(exchange, stored, age, status_value)
 
-    def collapsed_reply(self, exchange: Exchange, now: float) -> Reply:
-        """A request that waited for another's forward, answered from what that one stored."""
+    def collapsed_reply(
+        self, exchange: Exchange, now: float, *, fwd_status: int | None = None
+    ) -> Reply:
+        """A request that waited for another's forward, answered from what that one stored.
+
+        `fwd_status` is the status the forward it waited for received (the leader's
+        `Exchange.received_status`): a 304 that freshened the entry is not the stored 200.
+        Left out when not given, and on plain misses, where it would repeat the status line.
+        """
         assert exchange.entry is not None
         stored: StoredResponse = exchange.entry.value
-        status_value = cache_status(
-            self.name,
-            fwd=exchange.fwd,
-            fwd_status=stored.status,
-            collapsed=True,
-            key=self._debug_key(exchange),
-        )
+
+        def status_value(sent: int) -> bytes:
+            return cache_status(
+                self.name,
+                fwd=exchange.fwd,
+                fwd_status=self._fwd_status_sent(exchange, fwd_status, sent),
+                collapsed=True,
+                key=self._debug_key(exchange),
+            )
+
         return self._reply_from_stored(exchange, stored, current_age(stored, now), status_value)
+
+    def answer_from_stored(
+        self, exchange: Exchange, decision: ResponseDecision, *, stored: bool
+    ) -> Reply:
+        """The client's answer to a STORE_THEN_ANSWER forward, once `finish` has the body:
+        its own conditions (and Range) answered from the response just received, `stored`
+        when `finish` gave entries to put. A 304 or 206 says fwd-status=200: without it
+        Cache-Status would claim the app sent that status (RFC 9211 §2.3).
+
+        The conditions are evaluated against the stored validators, but this client gets the
+        app's own fields, as on a plain miss: the ones a qualified private="F"/no-cache="F"
+        kept out of the store (Set-Cookie) were sent to it (RFC 9111 §5.2.2.4, §5.2.2.7 only
+        bar storing them). A 304 carries the fields RFC 9110 §15.4.5 lists, as from a hit."""
+        assert decision.stored is not None
+        response = decision.stored.replace(headers=decision.app_headers)
+
+        def status_value(sent: int) -> bytes:
+            return cache_status(
+                self.name,
+                fwd=exchange.fwd,
+                fwd_status=self._fwd_status_sent(exchange, exchange.received_status, sent),
+                stored=stored,
+                collapsed=exchange.collapsed,
+                key=self._debug_key(exchange),
+            )
+
+        age = current_age(response, self.clock())
+        kept_out = self._fields_kept_from_store(decision.stored, decision.app_headers)
+        return self._reply_from_stored(exchange, response, age, status_value, kept_out)
+
+    @staticmethod
+    def _fwd_status_sent(exchange: Exchange, received: int | None, sent: int) -> int | None:
+        """fwd-status for a reply with status `sent` from a stored response: on a plain miss
+        only when it differs from `sent` (else it would repeat the status line)."""
+        if exchange.fwd in _PLAIN_MISSES and received == sent:
+            return None
+        return received or None
 
     def refresh_exchange(self, exchange: Exchange) -> Exchange:
         """A GET with the entry's validators, for a background refresh of `exchange.key`."""
@@ -315,21 +397,42 @@ class HttpCache:
         return Reply(504, headers, b"")
 
     def _reply_from_stored(
-        self, exchange: Exchange, stored: StoredResponse, age: float, status_value: bytes
+        self,
+        exchange: Exchange,
+        stored: StoredResponse,
+        age: float,
+        status_value: bytes | Callable[[int], bytes],
+        client_fields: Headers | None = None,
     ) -> Reply:
+        """`status_value` is the Cache-Status value, or makes it from the status sent;
+        `client_fields` go on a 304 too (the fields the app sent this very client that the
+        stored copy may not keep: `_fields_kept_from_store`)."""
         request = exchange.request
         age_header = (b"age", str(max(0, int(age))).encode())
+
+        def own(status: int) -> Headers:
+            value = status_value if isinstance(status_value, bytes) else status_value(status)
+            return [age_header, (b"cache-status", value)]
+
         precondition = evaluate_preconditions(request.headers, stored)
         if precondition is Precondition.NOT_MODIFIED:
             headers = not_modified_headers(stored)
-            headers += [age_header, (b"cache-status", status_value)]
+            if client_fields:
+                headers += client_fields
+            headers += own(304)
             return Reply(304, headers, b"")
         if precondition is Precondition.FAILED:
-            headers = [(b"content-length", b"0"), age_header, (b"cache-status", status_value)]
+            headers = [(b"content-length", b"0"), *own(412)]
             return Reply(412, headers, b"")
         # ASK_APP is sent as stored: the app was asked (`reuse`), or is failing (stale-if-error).
+        if request.method == "GET":
+            # Range is defined for GET only (RFC 9110 §14.2): a HEAD gets the whole head.
+            part = answer_range(request.headers, stored)
+            if part is not None:
+                part.headers.extend(own(part.status))
+                return Reply(part.status, part.headers, part.body)
         headers = list(stored.headers)
-        headers += [age_header, (b"cache-status", status_value)]
+        headers += own(stored.status)
         return Reply(stored.status, headers, b"" if request.method == "HEAD" else stored.body)
 
     # ---- the app's response ------------------------------------------------------------------
@@ -337,6 +440,7 @@ class HttpCache:
         """Decide what happens to the app's response once its status and headers are known."""
         now = self.clock()
         request = exchange.request
+        exchange.received_status = status
         headers = [(name.lower(), value) for name, value in headers]
         entry = exchange.entry
         if entry is not None and status >= 500:
@@ -346,7 +450,11 @@ class HttpCache:
         if not exchange.cacheable:
             return self._pass(exchange, status, headers, now, fwd_status=False)
         cc = response_cache_control(headers, targeted_field=self.http.targeted_cache_control)
-        tags = self._tags(exchange, headers)
+        if entry is not None and (status == 304 or request.method == "HEAD"):
+            # An update (§4.3.4, §4.3.5): the entry keeps the tags it was stored with.
+            tags = _updated_tags(entry.tags, headers)
+        else:
+            tags = self._tags(exchange, headers)
         rule = self.ttl_rules.for_tags(tags)
         policy = StorePolicy.for_rule(self.http, rule)
         if status == 304:
@@ -373,24 +481,26 @@ class HttpCache:
             cc=cc,
             policy=policy,
         )
-        has_validator = stored.etag is not None or stored.last_modified is not None
-        verdict = decide_store(
-            request.method,
-            status,
-            request.headers,
-            headers,
-            cc,
-            req_cc=exchange.req_cc,
-            store_set_cookie=self.http.store_set_cookie,
-            has_freshness=stored.freshness_lifetime > 0 or has_validator,
-        )
+        storable = self._may_store(exchange, request.method, headers, cc, stored)
         too_large = _content_length(headers) > self.http.max_entry_bytes
-        if not verdict.store or too_large:
+        if not storable or too_large:
+            if status != 304:  # a 304 says nothing of whether the whole response is storable
+                self.mark_not_storable(exchange)
             return self._pass(exchange, status, headers, now, fwd_status=entry is not None)
-        forwarded = client_headers(headers, self.http)
-        forwarded += self._own_headers(exchange, stored.initial_age, status, stored=True)
+        plan = ResponsePlan.STORE_THEN_ANSWER if exchange.answer_from_store else ResponsePlan.STORE
+        app_headers = client_headers(headers, self.http)
+        # STORE_THEN_ANSWER's headers are only sent when the body proves too large to store.
+        own = self._own_headers(
+            exchange, stored.initial_age, status, stored=plan is ResponsePlan.STORE
+        )
         return ResponseDecision(
-            ResponsePlan.STORE, forwarded, stored=stored, tags=tags, rule=rule, vary=stored.vary
+            plan,
+            [*app_headers, *own],
+            stored=stored,
+            tags=tags,
+            rule=rule,
+            vary=stored.vary,
+            app_headers=app_headers,
         )
 
     def finish(self, exchange: Exchange, decision: ResponseDecision, body: bytes) -> list[Entry]:
@@ -409,16 +519,95 @@ class HttpCache:
             entries.append(self.cache.make_entry(key, marker, decision.tags, residency))
             key = variant
         entries.append(self.cache.make_entry(key, stored, decision.tags, residency))
+        self._not_storable.discard((exchange.primary,))
         return entries
+
+    def mark_not_storable(self, exchange: Exchange) -> None:
+        """The response to `exchange` could not be stored (the adapters call this when a body
+        passes max_entry_bytes mid-stream): for NOT_STORABLE_SECONDS a conditional miss on its
+        key keeps its conditions (Varnish's hit-for-miss). Not when the request itself kept
+        the response out of the store (Authorization, no-store, Range): others' may fill it."""
+        if _may_fill(exchange.request, exchange.req_cc):
+            self._not_storable.add(exchange.primary, self.clock())
 
     def invalidations(self, exchange: Exchange, status: int, headers: Headers) -> list[str]:
         """URLs an unsafe request invalidates (RFC 9111 §4.4)."""
         if exchange.request.method not in UNSAFE_METHODS:
             return []
         lowered = [(name.lower(), value) for name, value in headers]
-        return invalidation_urls(exchange.request.method, status, exchange.url, lowered)
+        urls = invalidation_urls(exchange.request.method, status, exchange.url, lowered)
+        # What is stored next may be storable. A GET's primary key is its URL: a few pops.
+        self._not_storable.discard(urls)
+        return urls
 
     # ---- helpers --------------------------------------------------------------------------
+    def _may_store(
+        self,
+        exchange: Exchange,
+        method: str,
+        headers: Headers,
+        cc: ResponseCacheControl,
+        stored: StoredResponse,
+    ) -> bool:
+        """RFC 9111 §3 for `stored`, built from `headers`: the one decision for a new
+        response and for one a 304 or HEAD has updated."""
+        has_validator = stored.etag is not None or stored.last_modified is not None
+        verdict = decide_store(
+            method,
+            stored.status,
+            exchange.request.headers,
+            headers,
+            cc,
+            req_cc=exchange.req_cc,
+            store_set_cookie=self.http.store_set_cookie,
+            has_freshness=stored.freshness_lifetime > 0 or has_validator,
+        )
+        return verdict.store
+
+    def _still_storable(self, exchange: Exchange, updated: StoredResponse) -> bool:
+        """May the stored GET response, updated from a 304 or HEAD, stay stored? The merged
+        fields may now say Set-Cookie, `private` or `no-store` (§3, §5.2.2.7; Varnish runs
+        vcl_backend_response again on the object a 304 merged). Decided on the merged fields
+        as stored, so that a field a qualified private/no-cache dropped does not count."""
+        headers = list(updated.headers)
+        cc = response_cache_control(headers, targeted_field=self.http.targeted_cache_control)
+        return self._may_store(exchange, "GET", headers, cc, updated)
+
+    def _store_update(
+        self, exchange: Exchange, updated: StoredResponse, tags: Tags, residency: Residency
+    ) -> None:
+        """Put the updated response back under its key, or, when its merged fields make it
+        unstorable, remove what is there: the stored copy must not outlive what the app now
+        says of it (this client still gets the updated response)."""
+        if self._still_storable(exchange, updated):
+            self.cache.put(self.cache.make_entry(exchange.key, updated, tags, residency))
+        else:
+            self._forget(exchange.key)
+            self.mark_not_storable(exchange)
+
+    def _forget(self, key: str) -> None:
+        """Remove `key` (the entry's own key: its variant key when the URL varies, so the
+        other variants stay) from this process's RAM now and from every tier soon after."""
+        self.cache.invalidate_local((key,))
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # a WSGI thread: it may wait for the tiers below
+            self.cache.delete_sync(key)
+            return
+        # On an event loop nothing may block: the tiers below are cleared in the background.
+        task = loop.create_task(self.cache.delete(key))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def drain(self) -> None:
+        """Wait for the removals `_forget` started on an event loop (the ASGI middleware's
+        close(), before the cache closes: a delete still pending then could be dropped and
+        leave the dry copy). WSGI's removals ran in the request thread: nothing waits."""
+        loop = asyncio.get_running_loop()
+        # Only this loop's: a task of a loop that has ended cannot be awaited here.
+        while pending := [task for task in self._background if task.get_loop() is loop]:
+            await asyncio.gather(*pending, return_exceptions=True)
+
     def _tags(self, exchange: Exchange, headers: Headers) -> Tags:
         url = exchange.url
         # A GET's primary key is its URL: the tag shares the key's string, not a second copy.
@@ -446,7 +635,7 @@ class HttpCache:
         self, exchange: Exchange, status: int, headers: Headers, now: float, *, fwd_status: bool
     ) -> ResponseDecision:
         age = initial_age(headers, request_time=exchange.request_time or now, response_time=now)
-        forwarded = client_headers(_without_owned(headers), self.http)
+        forwarded = client_headers(headers, self.http)
         forwarded += self._own_headers(exchange, age, status, stored=False, fwd_status=fwd_status)
         return ResponseDecision(ResponsePlan.PASS, forwarded)
 
@@ -464,7 +653,8 @@ class HttpCache:
         return ResponseDecision(ResponsePlan.SERVE_STORED, [], reply=reply)
 
     def _retry_unconditionally(self, exchange: Exchange) -> ResponseDecision:
-        """Ask again without the cache's validators; the client's other fields stay."""
+        """Ask again without the cache's validators; the client's other fields stay, but
+        Range and If-Range, as when validating: the whole response is to be stored."""
         exchange.validating = False
         exchange.forward_headers = _without_validation_conditions(exchange.request.headers)
         return ResponseDecision(ResponsePlan.RETRY, [])
@@ -506,7 +696,7 @@ class HttpCache:
         # included; the client still gets the freshened response.
         if not exchange.req_cc.no_store:
             residency = self.cache.residency_for(tags, ttl_seconds=None)
-            self.cache.put(self.cache.make_entry(exchange.key, updated, tags, residency))
+            self._store_update(exchange, updated, tags, residency)
         status_value = cache_status(
             self.name,
             fwd=exchange.fwd,
@@ -514,8 +704,28 @@ class HttpCache:
             collapsed=exchange.collapsed,
             key=self._debug_key(exchange),
         )
-        reply = self._reply_from_stored(exchange, updated, current_age(updated, now), status_value)
+        # This client also gets what the 304 sent it that the stored copy may not keep.
+        kept_out = self._fields_kept_from_store(updated, headers)
+        client_view = (
+            updated.replace(headers=(*updated.headers, *kept_out)) if kept_out else updated
+        )
+        reply = self._reply_from_stored(
+            exchange, client_view, current_age(updated, now), status_value, kept_out
+        )
         return ResponseDecision(ResponsePlan.SERVE_STORED, [], reply=reply)
+
+    def _fields_kept_from_store(self, stored: StoredResponse, headers: Headers) -> Headers:
+        """The fields of `headers` (what the app sent this client) that a qualified
+        private="F"/no-cache="F" in `stored` kept out of the stored copy, as its Set-Cookie:
+        RFC 9111 §5.2.2.4 and §5.2.2.7 only bar storing and reusing them, so the client the
+        app sent them to still gets them, on a 200 or a 304, and no one after."""
+        cc = response_cache_control(
+            list(stored.headers), targeted_field=self.http.targeted_cache_control
+        )
+        named = {name.encode("latin-1") for name in (*cc.private_fields, *cc.no_cache_fields)}
+        if not named:
+            return []
+        return [(name, value) for name, value in headers if name in named]
 
     def _freshen(
         self,
@@ -550,19 +760,77 @@ class HttpCache:
         if exchange.req_cc.no_store:
             return  # §5.2.1.5: none of this response's fields are stored
         updated = self._freshen(exchange, entry.value, headers, policy, now)
-        self.cache.put(self.cache.make_entry(exchange.key, updated, tags, entry.residency))
+        self._store_update(exchange, updated, tags, entry.residency)
 
 
 # The conditions a 304 answers (RFC 9110 §15.4.5); the cache replaces them with its own.
 _CONDITIONAL_FIELDS = frozenset({b"if-none-match", b"if-modified-since"})
+# Not sent when the cache asks for a whole response to store (RFC 9110 §14.2, §13.1.5).
+_RANGE_FIELDS = frozenset({b"range", b"if-range"})
+_NOT_SENT_WHEN_VALIDATING = _CONDITIONAL_FIELDS | _RANGE_FIELDS
+# A conditional miss carrying one of these goes to the app with its conditions.
+_MISS_KEEPS_CONDITIONS = frozenset({b"range", b"authorization"})
 _SERVABLE = frozenset({Reuse.FRESH, Reuse.STALE_ALLOWED, Reuse.STALE_REVALIDATE})
-_OWNED = frozenset({b"age", b"cache-status"})
 # A miss's fwd-status would only repeat the response's own status; Cache-Status leaves it out.
 _PLAIN_MISSES = frozenset({"uri-miss", "vary-miss"})
 
 
-def _without_owned(headers: Headers) -> Headers:
-    return [(name, value) for name, value in headers if name not in _OWNED]
+def _fills_before_answering(request: RequestView, req_cc: RequestCacheControl) -> bool:
+    """Is this GET miss sent without its If-None-Match/If-Modified-Since, to store the
+    whole response and answer those from it? Only when it may fill the cache (`_may_fill`),
+    and, in `HttpCache.reuse`, unless the key's last response could not be stored.
+    If-Match/If-Unmodified-Since still go: the app may have its own logic for them."""
+    return _may_fill(request, req_cc) and _has_validation_condition(request.headers)
+
+
+def _may_fill(request: RequestView, req_cc: RequestCacheControl) -> bool:
+    """May this GET's response be stored for others? Not with Range (a range miss passes
+    through, see docs/http-semantics.md), nor with request no-store or Authorization (§3.5):
+    then the app's own 304 is the cheaper answer to a conditional miss."""
+    if request.method != "GET" or req_cc.no_store:
+        return False
+    return not any(name in _MISS_KEEPS_CONDITIONS for name, _ in request.headers)
+
+
+class _NotStorableKeys:
+    """Primary keys (URLs) whose last response could not be stored, each until an expiry:
+    Varnish's hit-for-miss object, which is per URL too (a variant that may not be stored
+    marks them all). In this process's RAM, not an entry in the tiers: a mark must expire at
+    a fixed time (a tier's residency restarts on use), is never demoted, shared or persisted,
+    and a stale one only costs the app's own 304 instead of a fill."""
+
+    def __init__(self, seconds: float, capacity: int) -> None:
+        self._seconds = seconds
+        self._capacity = capacity
+        # key -> expiry; oldest first, so the front is also the first to expire
+        self._expiries: OrderedDict[str, float] = OrderedDict()
+        self._lock = threading.Lock()  # WSGI worker threads share the engine
+
+    def add(self, key: str, now: float) -> None:
+        with self._lock:
+            self._expiries[key] = now + self._seconds
+            self._expiries.move_to_end(key)
+            while len(self._expiries) > self._capacity:
+                self._expiries.popitem(last=False)
+
+    def holds(self, key: str, now: float) -> bool:
+        if not self._expiries:  # the usual case: no lock taken
+            return False
+        with self._lock:
+            expiry = self._expiries.get(key)
+            if expiry is None:
+                return False
+            if expiry > now:
+                return True
+            del self._expiries[key]
+            return False
+
+    def discard(self, keys: Iterable[str]) -> None:
+        if not self._expiries:
+            return
+        with self._lock:
+            for key in keys:
+                self._expiries.pop(key, None)
 
 
 def _app_must_evaluate(request: RequestView, stored: StoredResponse) -> bool:
@@ -575,7 +843,24 @@ def _has_validation_condition(headers: Headers) -> bool:
 
 
 def _without_validation_conditions(headers: Headers) -> Headers:
-    return [(name, value) for name, value in headers if name not in _CONDITIONAL_FIELDS]
+    """The client's fields minus its validators and its Range: what the cache sends the app
+    when it asks for the whole response to freshen or replace the stored one."""
+    return [(name, value) for name, value in headers if name not in _NOT_SENT_WHEN_VALIDATING]
+
+
+def _has_range_fields(headers: Headers) -> bool:
+    return any(name in _RANGE_FIELDS for name, _ in headers)
+
+
+def _without_range_fields(headers: Headers) -> Headers:
+    return [(name, value) for name, value in headers if name not in _RANGE_FIELDS]
+
+
+def _updated_tags(stored: Tags, headers: Headers) -> Tags:
+    """The tags of an entry a 304 or HEAD updates: its own (route, surrogate keys, URL),
+    which the update's headers do not repeat, plus any surrogate key the update adds."""
+    added = tuple(tag for tag in surrogate_tags(headers) if tag not in stored)
+    return (*stored, *added) if added else stored
 
 
 def _vary_marker_names(value: object) -> tuple[str, ...] | None:

@@ -8,7 +8,8 @@ sleeping.
 from __future__ import annotations
 
 import collections
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,8 +17,10 @@ from typing import Any
 import httpx
 from starlette.types import Receive, Scope, Send
 from werkzeug.http import http_date
+from werkzeug.test import Client
 
-from tiercache_mw import CacheMiddleware, TierCache
+from tiercache_mw import CacheMiddleware, TierCache, WSGICacheMiddleware
+from tiercache_mw.wsgi import WSGIApp
 
 START = 1_700_000_000.0
 
@@ -74,13 +77,31 @@ class Origin:
         await send({"type": "http.response.body", "body": body})
 
 
+def local_config(tmp_path: Path, **sections: Any) -> dict[str, Any]:
+    """The embedded tiers (RAM, a local dry directory, SQLite) under `tmp_path`, and
+    `sections` on top."""
+    return {
+        "dry_cache": {"backend": "local", "path": str(tmp_path / "dry")},
+        "tracking": {"backend": "sqlite", "path": str(tmp_path / "index.db")},
+        **sections,
+    }
+
+
+@contextlib.contextmanager
+def wsgi_client(app: WSGIApp, tmp_path: Path, **sections: Any) -> Iterator[Client]:
+    """A test client for `app` behind WSGICacheMiddleware on `local_config`, closed after."""
+    middleware = WSGICacheMiddleware(
+        app, cache=TierCache.from_dict(local_config(tmp_path, **sections))
+    )
+    try:
+        yield Client(middleware)
+    finally:
+        middleware.close()
+
+
 class Harness:
     def __init__(self, tmp_path: Path, **sections: Any) -> None:
-        config: dict[str, Any] = {
-            "dry_cache": {"backend": "local", "path": str(tmp_path / "dry")},
-            "tracking": {"backend": "sqlite", "path": str(tmp_path / "index.db")},
-        }
-        config.update(sections)
+        config = local_config(tmp_path, **sections)
         self.clock = FakeClock()
         self.origin = Origin()
         self.cache = TierCache.from_dict(config)

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import socket
+import time
 from pathlib import Path
 
+import httpx
 import pytest
+import uvicorn
+from starlette.types import Receive, Scope, Send
+from werkzeug.http import http_date, parse_date
 
-from tests.rfc.origin import Answer, Harness, is_hit, status_of
+from tests.rfc.origin import Answer, Harness, is_hit, local_config, status_of, wsgi_client
+from tiercache_mw import CacheMiddleware, TierCache
+from tiercache_mw.wsgi import StartResponse, WSGIEnviron
 
 
 @pytest.mark.parametrize(
@@ -116,3 +125,68 @@ async def test_response_with_upstream_age_past_lifetime_is_stale(cache: Harness)
     )
     await cache.get("/old")
     assert not is_hit(await cache.get("/old"))
+
+
+async def test_hits_add_no_date_to_a_response_stored_without_one(cache: Harness) -> None:
+    """The server dates every response it sends; the cache adds no Date of its own on a hit
+    (hot path or full path), which behind uvicorn or gunicorn would be a second Date line."""
+    cache.script("/d", lambda _: Answer(headers={"expires": cache.clock.date(10)}))
+    await cache.get("/d")
+    cache.clock.advance(6)
+    hot = await cache.get("/d")
+    full = await cache.get("/d", cache_control="max-stale=0")  # not the hot path's request
+    for hit in (hot, full):
+        assert is_hit(hit)
+        assert "date" not in hit.headers
+        assert hit.headers["age"] == "6"
+
+
+def test_wsgi_hits_add_no_date(tmp_path: Path) -> None:
+    def app(environ: WSGIEnviron, start_response: StartResponse) -> list[bytes]:
+        start_response("200 OK", [("expires", http_date(time.time() + 60))])
+        return [b"x"]
+
+    with wsgi_client(app, tmp_path) as client:
+        client.get("/w")
+        hits = [client.get("/w"), client.get("/w", headers={"cache-control": "max-stale=0"})]
+        for hit in hits:
+            assert hit.headers["cache-status"].startswith("tiercache; hit;")
+            assert hit.headers.getlist("date") == []
+
+
+async def test_uvicorn_hit_carries_one_date(tmp_path: Path) -> None:
+    """Behind a real uvicorn with its defaults: the server dates the hit, and it is the only
+    Date line; Age says how old the stored response is."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        headers = [(b"expires", http_date(time.time() + 60).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"x"})
+
+    cache = TierCache.from_dict(local_config(tmp_path))
+    middleware = CacheMiddleware(app, cache=cache)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    config = uvicorn.Config(
+        middleware, host="127.0.0.1", port=port, log_level="warning", lifespan="off"
+    )
+    server = uvicorn.Server(config)
+    serving = asyncio.create_task(server.serve())
+    try:
+        for _ in range(500):
+            if server.started:
+                break
+            await asyncio.sleep(0.01)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            await client.get("/u")
+            await asyncio.sleep(1.1)
+            hit = await client.get("/u")
+        assert hit.headers["cache-status"].startswith("tiercache; hit;")
+        [date] = hit.headers.get_list("date")
+        assert parse_date(date) is not None
+        assert int(hit.headers["age"]) >= 1
+    finally:
+        server.should_exit = True
+        await serving
+        await middleware.close()

@@ -106,3 +106,13 @@ async def test_rule_level_stale_if_error(tmp_path: Path) -> None:
         assert (await harness.get("/r")).status_code == 200
     finally:
         await harness.close()
+
+
+async def test_a_stale_hit_a_fraction_of_a_second_past_its_lifetime_says_ttl_minus_1(
+    cache: Harness,
+) -> None:
+    """RFC 9211 §2.4: ttl is negative once stale; 0.4 s past is -1, not 0 (int() truncated)."""
+    cache.script("/f", Answer(headers={"cache-control": "max-age=1, stale-while-revalidate=30"}))
+    await cache.get("/f")
+    cache.clock.advance(1.4)
+    assert status_of(await cache.get("/f")) == "tiercache; hit; ttl=-1; detail=hot"

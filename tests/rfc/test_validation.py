@@ -5,10 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from werkzeug.test import Client
 
-from tests.rfc.origin import Answer, Harness, is_hit, status_of
-from tiercache_mw import TierCache, WSGICacheMiddleware
+from tests.rfc.origin import Answer, Harness, is_hit, status_of, wsgi_client
 from tiercache_mw.wsgi import StartResponse, WSGIEnviron
 
 
@@ -295,20 +293,10 @@ def test_wsgi_retries_a_304_for_another_representation(tmp_path: Path) -> None:
         start_response("200 OK", [("cache-control", "max-age=100"), ("etag", '"v2"')])
         return [b"body v2"]
 
-    cache = TierCache.from_dict(
-        {
-            "dry_cache": {"backend": "local", "path": str(tmp_path / "dry")},
-            "tracking": {"backend": "sqlite", "path": str(tmp_path / "index.db")},
-        }
-    )
-    middleware = WSGICacheMiddleware(app, cache=cache)
-    try:
-        client = Client(middleware)
+    with wsgi_client(app, tmp_path) as client:
         client.get("/w")
         response = client.get("/w")
         assert response.status_code == 200
         assert response.get_data() == b"body v2"
         assert asked == [None, '"v1"', None]
         assert client.get("/w").headers["cache-status"].startswith("tiercache; hit;")
-    finally:
-        middleware.close()
