@@ -51,9 +51,9 @@ class Settings:
 FULL = Settings(
     plan=inprocess.Plan(rounds=11, round_seconds=0.08, min_calls=200, max_calls=200_000,
                         per_call_max=300),
-    server_seconds=5, server_rounds=5, server_subjects=None, memory_entries=1_000_000,
+    server_seconds=15, server_rounds=5, server_subjects=None, memory_entries=1_000_000,
     budget_writes=60_000, budget_every=500, hot_max=2 * 1024**2, cold_max=8 * 1024**2,
-    eviction_keys=100_000, eviction_requests=1_000_000, dry_seconds=3.0, profile_calls=50_000,
+    eviction_keys=100_000, eviction_requests=1_000_000, dry_seconds=12.0, profile_calls=50_000,
 )  # fmt: skip
 SMOKE = Settings(
     plan=inprocess.Plan(rounds=3, round_seconds=0.002, min_calls=100, max_calls=200,

@@ -43,6 +43,7 @@ __all__ = [
     "Plan",
     "run_asgi_specs",
     "run_wsgi_specs",
+    "settle",
 ]
 
 HOST = b"bench.local"
@@ -215,7 +216,7 @@ def _summarise(spec: Spec, rounds_ns: list[float], calls: int, mode: str) -> InP
 
 
 # ---- ASGI -------------------------------------------------------------------------------------
-async def _settle(cache: Any) -> None:
+async def settle(cache: Any) -> None:
     """Wait until demotions queued by the warm-up requests have been written."""
     deadline = time.monotonic() + SETTLE_TIMEOUT
     while time.monotonic() < deadline:
@@ -240,7 +241,7 @@ async def _measure_asgi(spec: Spec, app: Any, plan: Plan) -> list[InProcessResul
     for path in spec.warm:
         await app(asgi_scope(path), receive, send)
     if cache is not None:
-        await _settle(cache)
+        await settle(cache)
     _asgi_responses(window)  # the warm-up answers are not checked: they are misses
     window.clear()
     scopes = [asgi_scope(path) for path in spec.paths]

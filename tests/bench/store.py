@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.bench import subjects as s
-from tests.bench.inprocess import asgi_scope
+from tests.bench.inprocess import asgi_scope, settle
 
 __all__ = [
     "BudgetResult",
@@ -276,7 +276,9 @@ def scan_trace(keys: int, requests: int, seed: int) -> list[int]:
     return out
 
 
-def _replay(policy: str, trace: list[int], capacity: int) -> EvictionResult:
+def _replay(policy: str, trace: list[int], capacity: int) -> tuple[EvictionResult, Any]:
+    """The trace replayed through a RAM tier of `capacity` entries: lookup, and put on a
+    miss. Returns the result (its `ns_per_hit` left to `_hit_costs`) and the tier."""
     from tiercache_mw.config import TierConfig
     from tiercache_mw.store.entry import Entry, Residency
     from tiercache_mw.store.ram import RamTier
@@ -304,22 +306,36 @@ def _replay(policy: str, trace: list[int], capacity: int) -> EvictionResult:
         else:
             put(entries[trace[i]])
     elapsed = time.perf_counter_ns() - t0
-    present = [k for k in keys[:50_000] if k in tier] or [keys[-1]]
-    rounds = []
-    for _ in range(5):
-        t1 = time.perf_counter_ns()
-        for key in present:
-            get(key)
-        rounds.append((time.perf_counter_ns() - t1) / len(present))
-    return EvictionResult(
+    result = EvictionResult(
         trace="",
         capacity_pct=0.0,
         policy=policy,
         requests=len(keys),
         hit_ratio=hits / len(keys),
-        ns_per_hit=statistics.median(rounds),
+        ns_per_hit=0.0,
         ns_per_request=elapsed / len(keys),
     )
+    return result, tier
+
+
+def _hit_costs(tiers: dict[str, Any], keys: list[str], rounds: int = 6) -> dict[str, float]:
+    """ns per `get_now` of each tier on the same keys, all present in every tier, in rounds
+    that alternate between the tiers (ABBA), so drift in machine load lands on all of them."""
+    present = [key for key in dict.fromkeys(keys) if all(key in tier for tier in tiers.values())]
+    if not present:
+        raise ValueError("no key is held by every tier: nothing to time hits on")
+    # At least ~20,000 lookups a round, however few keys both tiers hold.
+    present *= max(1, 20_000 // len(present))
+    order = list(tiers)
+    costs: dict[str, list[float]] = {name: [] for name in order}
+    for i in range(rounds):
+        for name in order if i % 2 == 0 else order[::-1]:
+            get = tiers[name].get_now
+            t0 = time.perf_counter_ns()
+            for key in present:
+                get(key)
+            costs[name].append((time.perf_counter_ns() - t0) / len(present))
+    return {name: statistics.median(values) for name, values in costs.items()}
 
 
 def measure_eviction(
@@ -330,9 +346,19 @@ def measure_eviction(
     results = []
     for name, trace in traces.items():
         for fraction in capacities:
-            for policy in ("sieve", "lru"):
-                r = _replay(policy, trace, max(1, int(keys * fraction)))
-                results.append(dataclasses.replace(r, trace=name, capacity_pct=fraction * 100))
+            replayed = {
+                policy: _replay(policy, trace, max(1, int(keys * fraction)))
+                for policy in ("sieve", "lru")
+            }
+            tiers = {policy: tier for policy, (_, tier) in replayed.items()}
+            # The trace's last keys: the ones most likely still held by both.
+            costs = _hit_costs(tiers, [f"k{i}" for i in trace[-50_000:]])
+            for policy, (r, _) in replayed.items():
+                results.append(
+                    dataclasses.replace(
+                        r, trace=name, capacity_pct=fraction * 100, ns_per_hit=costs[policy]
+                    )
+                )
     return results
 
 
@@ -350,6 +376,8 @@ class DryLoadResult:
     busy_p50_us: float
     busy_p99_us: float
     not_hot: Counter[str] = field(default_factory=Counter)  # busy responses not from hot
+    # busy p99 / quiet p99 of each pair of neighbouring phases: how far one run can move
+    pair_ratios: tuple[float, ...] = ()
 
     @property
     def p99_ratio(self) -> float:
@@ -384,7 +412,17 @@ async def _hits_for(app: Any, seconds: float) -> tuple[list[float], Counter[str]
     return latencies, not_hot
 
 
-DRY_LOAD_PHASES = 6  # quiet and busy phases alternate, so drift on a shared machine hits both
+# Quiet and busy phases alternate, so drift on a shared machine hits both; many short pairs
+# rather than a few long ones, because one run's ratio moves by ±0.2 on a 2-CPU machine.
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+DRY_LOAD_PHASES = 12
+# A put every millisecond (uvloop's timer resolution): the writer's work spread over the
+# phase, as requests arrive, not in bursts that fill the drain's batches unevenly.
+PUT_INTERVAL = 0.001
 
 
 async def _dry_load(seconds: float, rate: float, tmp: Path) -> DryLoadResult:
@@ -411,7 +449,7 @@ async def _dry_load(seconds: float, rate: float, tmp: Path) -> DryLoadResult:
 
         await app(asgi_scope("/item"), receive, send)  # stored in hot
         body = os.urandom(1024)
-        batch = max(1, int(rate / 100))
+        batch = max(1, round(rate * PUT_INTERVAL))
 
         async def writer(stop: asyncio.Event) -> None:
             nonlocal written
@@ -427,9 +465,12 @@ async def _dry_load(seconds: float, rate: float, tmp: Path) -> DryLoadResult:
 
         before = await cache.stats()
         phase = seconds / DRY_LOAD_PHASES
+        pair_ratios = []
         for _ in range(DRY_LOAD_PHASES):
-            latencies, _ = await _hits_for(app, phase)
-            quiet += latencies
+            # Untimed: a quiet phase with the drain still writing would not be quiet.
+            await settle(cache)
+            quiet_latencies, _ = await _hits_for(app, phase)
+            quiet += quiet_latencies
             stop = asyncio.Event()
             task = asyncio.create_task(writer(stop))
             t0 = time.monotonic()
@@ -439,16 +480,13 @@ async def _dry_load(seconds: float, rate: float, tmp: Path) -> DryLoadResult:
             await task
             busy += latencies
             not_hot += missed
+            pair_ratios.append(pct(latencies, 0.99) / pct(quiet_latencies, 0.99))
         after = await cache.stats()
     finally:
         await cache.close()
 
-    def pct(values: list[float], q: float) -> float:
-        ordered = sorted(values)
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
     # Rates are per second of busy phase; demotions queued at a phase's end are written
-    # during the next quiet phase, which is why dry writes can reach the put rate.
+    # before the next quiet phase starts, which is why dry writes can reach the put rate.
     return DryLoadResult(
         seconds=busy_seconds,
         target_rate=rate,
@@ -461,6 +499,7 @@ async def _dry_load(seconds: float, rate: float, tmp: Path) -> DryLoadResult:
         busy_p50_us=pct(busy, 0.5),
         busy_p99_us=pct(busy, 0.99),
         not_hot=not_hot,
+        pair_ratios=tuple(pair_ratios),
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import json
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,8 @@ __all__ = [
     "fastapi_cache2_app",
     "flask_bare",
     "flask_caching_app",
+    "floor_asgi",
+    "floor_wsgi",
     "hishel_app",
     "raw_asgi",
     "raw_wsgi",
@@ -245,3 +248,90 @@ def tiercache_wsgi(
 
     cache = TierCache.from_dict(tiercache_config(tmp, **sizes))
     return WSGICacheMiddleware(counted_wsgi(name, cache_control), cache=cache)
+
+
+# ---- the floor ------------------------------------------------------------------------------
+# Request fields that send a request past any hot hit (a cache must read them), as in hot.py.
+_FLOOR_BYPASS = frozenset(
+    {b"cache-control", b"pragma", b"if-none-match", b"if-modified-since", b"if-match",
+     b"if-unmodified-since", b"if-range", b"range"}
+)  # fmt: skip
+_FLOOR_BYPASS_ENVIRON = frozenset(
+    "HTTP_" + name.decode().upper().replace("-", "_") for name in _FLOOR_BYPASS
+)
+_FLOOR_HEADERS = [
+    *_asgi_headers(CACHE_CONTROL),
+    (b"age", b"0"),
+    (b"cache-status", b"floor; hit; ttl=3600; detail=hot"),
+]
+
+
+def floor_asgi(clock: Callable[[], float] = time.time) -> ASGIApp:
+    """The least a correct hot hit has to do, hand-inlined in one function with no cache
+    behind it: check the method and the request's fields, map the request line to a key,
+    find the entry, compare the clock with its freshness, and send a copy of its header list
+    (middleware further out may edit it in place) and its body. What pure Python cannot go
+    below; tiercache_mw's hot hit is measured against it."""
+    fresh_until = clock() + 3600
+    keys: dict[tuple[Any, ...], str] = {
+        ("GET", "http", b"bench.local", b"/item", b""): "http://bench.local/item"
+    }
+    entries = {"http://bench.local/item": (fresh_until, _FLOOR_HEADERS, BODY)}
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        method = scope["method"]
+        if method == "GET" or method == "HEAD":
+            host = None
+            for name, value in scope["headers"]:
+                if name == b"host":
+                    host = host or value
+                elif name in _FLOOR_BYPASS:
+                    break
+            else:
+                line = (method, scope["scheme"], host, scope["raw_path"], scope["query_string"])
+                entry = entries.get(keys.get(line, ""))
+                if entry is not None and clock() < entry[0]:
+                    await send(
+                        {"type": "http.response.start", "status": 200, "headers": entry[1][:]}
+                    )
+                    await send(
+                        {
+                            "type": "http.response.body",
+                            "body": b"" if method == "HEAD" else entry[2],
+                        }
+                    )
+                    return
+        raise AssertionError("the floor app answers only its one fresh entry")
+
+    return app
+
+
+def floor_wsgi(clock: Callable[[], float] = time.time) -> WSGIApp:
+    """`floor_asgi` for WSGI: the environ checked for fields a cache must read, the key found
+    by request line, the header list copied into start_response."""
+    fresh_until = clock() + 3600
+    keys: dict[tuple[Any, ...], str] = {
+        ("GET", "http", "bench.local", "/item", ""): "http://bench.local/item"
+    }
+    headers = [(n.decode(), v.decode()) for n, v in _FLOOR_HEADERS]
+    entries = {"http://bench.local/item": (fresh_until, headers, [BODY])}
+
+    def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        method = environ["REQUEST_METHOD"]
+        if (method == "GET" or method == "HEAD") and environ.keys().isdisjoint(
+            _FLOOR_BYPASS_ENVIRON
+        ):
+            line = (
+                method,
+                environ["wsgi.url_scheme"],
+                environ.get("HTTP_HOST"),
+                environ.get("PATH_INFO"),
+                environ.get("QUERY_STRING"),
+            )
+            entry = entries.get(keys.get(line, ""))
+            if entry is not None and clock() < entry[0]:
+                start_response("200 OK", entry[1][:])
+                return [] if method == "HEAD" else entry[2]
+        raise AssertionError("the floor app answers only its one fresh entry")
+
+    return app
