@@ -48,7 +48,7 @@ from tiercache_mw.http.response import (
     surrogate_tags,
 )
 from tiercache_mw.http.reuse import Reuse, decide_reuse, may_serve_stale_on_error
-from tiercache_mw.http.storability import decide_store
+from tiercache_mw.http.storability import REQUEST_AUTHORIZED, StoreVerdict, decide_store
 from tiercache_mw.rules import RouteTable, TtlRules
 from tiercache_mw.store.cache import TierCache
 from tiercache_mw.store.entry import Entry, Residency, StoredResponse, Tags
@@ -481,7 +481,7 @@ class HttpCache:
             cc=cc,
             policy=policy,
         )
-        storable = self._may_store(exchange, request.method, headers, cc, stored)
+        storable = self._may_store(exchange, request.method, headers, cc, stored).store
         too_large = _content_length(headers) > self.http.max_entry_bytes
         if not storable or too_large:
             if status != 304:  # a 304 says nothing of whether the whole response is storable
@@ -548,11 +548,11 @@ class HttpCache:
         headers: Headers,
         cc: ResponseCacheControl,
         stored: StoredResponse,
-    ) -> bool:
+    ) -> StoreVerdict:
         """RFC 9111 §3 for `stored`, built from `headers`: the one decision for a new
         response and for one a 304 or HEAD has updated."""
         has_validator = stored.etag is not None or stored.last_modified is not None
-        verdict = decide_store(
+        return decide_store(
             method,
             stored.status,
             exchange.request.headers,
@@ -562,26 +562,26 @@ class HttpCache:
             store_set_cookie=self.http.store_set_cookie,
             has_freshness=stored.freshness_lifetime > 0 or has_validator,
         )
-        return verdict.store
-
-    def _still_storable(self, exchange: Exchange, updated: StoredResponse) -> bool:
-        """May the stored GET response, updated from a 304 or HEAD, stay stored? The merged
-        fields may now say Set-Cookie, `private` or `no-store` (§3, §5.2.2.7; Varnish runs
-        vcl_backend_response again on the object a 304 merged). Decided on the merged fields
-        as stored, so that a field a qualified private/no-cache dropped does not count."""
-        headers = list(updated.headers)
-        cc = response_cache_control(headers, targeted_field=self.http.targeted_cache_control)
-        return self._may_store(exchange, "GET", headers, cc, updated)
 
     def _store_update(
         self, exchange: Exchange, updated: StoredResponse, tags: Tags, residency: Residency
     ) -> None:
-        """Put the updated response back under its key, or, when its merged fields make it
-        unstorable, remove what is there: the stored copy must not outlive what the app now
-        says of it (this client still gets the updated response)."""
-        if self._still_storable(exchange, updated):
+        """Put the stored GET response, updated from a 304 or HEAD, back under its key, when
+        it may stay stored (§3 decided again on the merged fields as stored, so that a field a
+        qualified private/no-cache dropped does not count; Varnish too runs
+        vcl_backend_response again on the object a 304 merged).
+
+        When the merged fields now say Set-Cookie, `private` or `no-store`, the stored copy
+        must not outlive what the app says of it, and goes. When only this request objects
+        (its Authorization, §3.5), the update is not stored but the entry, stored from a
+        request that could share it, stays as it was: a later client revalidates it again.
+        This client gets the updated response either way."""
+        headers = list(updated.headers)
+        cc = response_cache_control(headers, targeted_field=self.http.targeted_cache_control)
+        verdict = self._may_store(exchange, "GET", headers, cc, updated)
+        if verdict.store:
             self.cache.put(self.cache.make_entry(exchange.key, updated, tags, residency))
-        else:
+        elif verdict.reason != REQUEST_AUTHORIZED:
             self._forget(exchange.key)
             self.mark_not_storable(exchange)
 

@@ -93,18 +93,24 @@ async def test_a_refresh_304_to_a_conditional_client_carries_its_qualified_cooki
     assert "set-cookie" not in bob.headers
 
 
-async def test_304_to_a_request_with_authorization_keeps_the_section_3_5_rule(
+async def test_304_to_a_request_with_authorization_leaves_the_shared_entry_as_it_was(
     cache: Harness,
 ) -> None:
     """§3.5: a response to a request with Authorization is stored only with public,
-    s-maxage or must-revalidate; the merged response of a 304 has none of them here."""
+    s-maxage or must-revalidate; the merged response of a 304 has none of them here, so the
+    update is not stored. The entry an anonymous request stored stays: the next anonymous
+    request revalidates it (a 304, no body from the app) rather than missing."""
     cache.script("/a", page_or_304({"cache-control": "max-age=60"}))
     await cache.get("/a")
     cache.clock.advance(20)
     authorised = await cache.get("/a", authorization="Bearer alice")
     assert authorised.content == b"page"
     assert status_of(authorised) == "tiercache; fwd=stale; fwd-status=304"
-    assert status_of(await cache.get("/a")) == "tiercache; fwd=uri-miss; stored"
+    anonymous = await cache.get("/a")
+    assert anonymous.content == b"page"
+    assert status_of(anonymous) == "tiercache; fwd=stale; fwd-status=304"
+    assert is_hit(await cache.get("/a"))
+    assert cache.origin.calls["/a"] == 3
 
 
 async def test_304_with_public_to_a_request_with_authorization_is_stored(

@@ -9,7 +9,7 @@ from tiercache_mw.http.cache_control import RequestCacheControl, ResponseCacheCo
 from tiercache_mw.http.freshness import HEURISTICALLY_CACHEABLE
 from tiercache_mw.http.headers import Headers, get_header, get_list, split_list
 
-__all__ = ["UNDERSTOOD_STATUSES", "StoreVerdict", "decide_store"]
+__all__ = ["REQUEST_AUTHORIZED", "UNDERSTOOD_STATUSES", "StoreVerdict", "decide_store"]
 
 # Final status codes whose semantics this cache knows (RFC 9111 §3, §5.2.2.3). 206 and 304 are
 # left out on purpose: a partial response is never stored here (§3.3 allows it, but ranges are
@@ -24,6 +24,9 @@ class StoreVerdict:
 
 
 _OK = StoreVerdict(True, "ok")
+# A refusal that lies in the request alone (§3.5), not in the response, which another
+# request could have stored (the request's no-store is the other; updates check it first).
+REQUEST_AUTHORIZED = "authorization"
 
 
 def _no(reason: str) -> StoreVerdict:
@@ -81,7 +84,7 @@ def decide_store(
     if get_header(request_headers, b"authorization") is not None and not (
         cc.must_revalidate or cc.public or cc.s_maxage is not None
     ):
-        return _no("authorization")
+        return _no(REQUEST_AUTHORIZED)
     if (
         not store_set_cookie
         and get_header(headers, b"set-cookie") is not None
