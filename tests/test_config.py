@@ -439,6 +439,22 @@ def test_each_mistake_raises_one_config_error_with_its_key_path(
 
 
 @pytest.mark.parametrize(
+    "data",
+    [
+        {"redis": {"url": "redis://:s3cretpw@cache.internal:63790x/0"}},
+        {"redis": {"url": "rediss://app:s3cretpw@bad host/0"}},
+        {"postgres": {"dsn": "host=db dbname=app password=s3cretpw"}},
+    ],
+)
+def test_an_error_on_a_url_or_dsn_masks_its_password(data: dict[str, Any]) -> None:
+    """Config errors end up in logs: the value is shown as check-config shows it."""
+    with pytest.raises(ConfigError) as info:
+        load_config(data)
+    assert "s3cretpw" not in str(info.value)
+    assert "***" in str(info.value)
+
+
+@pytest.mark.parametrize(
     ("data", "read", "expected"),
     [
         ({"redis": {"url": "redis://[::1]:6379/0"}}, lambda c: c.redis.url, "redis://[::1]:6379/0"),

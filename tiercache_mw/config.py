@@ -397,7 +397,22 @@ def _url(kind: str, *schemes: str, host: bool = False, spaces: bool = True) -> P
             raise _Invalid(f"{kind} whose host is {_HOST_ALONE}")
         return value
 
-    return parse
+    return _masked(parse)
+
+
+def _masked(parse: Parser) -> Parser:
+    """`parse`, whose errors show the value with any password in it masked, as check-config
+    shows it: a URL or DSN may carry one, and errors end up in logs."""
+
+    def masked(value: Any) -> Any:
+        try:
+            return parse(value)
+        except _Invalid as exc:
+            if isinstance(value, str):
+                exc.got = _Shown(repr(_mask(value)))
+            raise
+
+    return masked
 
 
 def _route_pattern(value: Any) -> str:
@@ -607,7 +622,7 @@ _POSTGRES = _Section(
         # asyncpg takes only the URL form: "host=... dbname=..." fails every connection.
         "dsn": (
             "dsn",
-            _string("a postgresql:// or postgres:// DSN", pattern=r"postgres(?:ql)?://.*"),
+            _masked(_string("a postgresql:// or postgres:// DSN", pattern=r"postgres(?:ql)?://.*")),
         ),
         "table": ("table", _string("a table name such as tiercache_index", pattern=_SQL_NAME)),
     }
@@ -930,5 +945,7 @@ def _bytes(value: int | None) -> str:
     return f"{value} bytes"
 
 
-def _mask(url: str) -> str:
-    return re.sub(r"(//[^:/@]*:)[^@/]*@", r"\1***@", url)
+def _mask(text: str) -> str:
+    """`text` with the password of a URL (``//user:***@``) or of a key=value DSN hidden."""
+    text = re.sub(r"(//[^:/@]*:)[^@/]*@", r"\1***@", text)
+    return re.sub(r"(password\s*=\s*)\S+", r"\1***", text, flags=re.IGNORECASE)
