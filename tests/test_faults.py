@@ -4,6 +4,9 @@ the fault is counted, and the tier is used again once the server is back."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,6 +15,7 @@ import pytest
 
 from tests.services import ServerProcess
 from tests.test_asgi import Harness, is_hit
+from tiercache_mw.store.memcached import TIMEOUT
 
 pytestmark = pytest.mark.services
 
@@ -89,3 +93,34 @@ async def test_a_cold_server_down_from_the_start_is_a_miss_not_an_error(
         assert is_hit(await harness.get(PATHS[3]), "hot")
     finally:
         await harness.close()
+
+
+async def test_a_stuck_cold_server_costs_requests_little_and_close_stays_bounded(
+    tmp_path: Path, private_servers: Callable[[str], ServerProcess], unique: str
+) -> None:
+    """A server that accepts connections and never answers (stopped, not dead): each command
+    to it would wait its whole timeout, so requests and a close that drains the demotions
+    queued for it must not pay that timeout per command."""
+    server = private_servers("memcached")
+    assert server.proc is not None
+    pid = server.proc.pid
+    harness = Harness(tmp_path, **sections_for("memcached", server, unique))
+    requests = 60
+    try:
+        for path in PATHS:
+            assert (await harness.get(path)).status_code == 200
+        os.kill(pid, signal.SIGSTOP)
+        started = time.monotonic()
+        for n in range(requests):
+            response = await harness.get(f"/stuck/{n}")
+            assert response.status_code == 200
+            assert response.text == f"body of /stuck/{n}"
+        requests_took = time.monotonic() - started
+    finally:
+        closing = time.monotonic()
+        await harness.close()
+        close_took = time.monotonic() - closing
+        os.kill(pid, signal.SIGCONT)
+    # Paying the timeout per command would take requests * TIMEOUT for each of the two.
+    assert requests_took < requests * TIMEOUT / 4, requests_took
+    assert close_took < requests * TIMEOUT / 4, close_took

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -13,7 +14,13 @@ from tests.services import ServerProcess
 from tests.store.tier_contract import MakeTier, TierContract
 from tiercache_mw.config import MemcachedConfig, TierConfig
 from tiercache_mw.store.entry import Entry, Residency
-from tiercache_mw.store.memcached import CHUNK_BYTES, MAX_CHUNKS, MemcachedTier
+from tiercache_mw.store.memcached import (
+    CHUNK_BYTES,
+    MAX_CHUNKS,
+    RETRY_AFTER_TIMEOUT,
+    TIMEOUT,
+    MemcachedTier,
+)
 
 pytestmark = pytest.mark.services
 
@@ -151,6 +158,84 @@ async def test_down_server_fails_fast_and_reconnects(
         assert got.value == b"again"
     finally:
         await tier.close()
+
+
+async def test_a_stuck_server_costs_one_timeout_then_fails_fast_until_retried(
+    private_servers: Callable[[str], ServerProcess],
+) -> None:
+    server = private_servers("memcached")
+    assert server.proc is not None
+    pid = server.proc.pid
+    tier = make(MemcachedConfig("127.0.0.1", server.port, "s:"))
+    try:
+        await tier.set(entry("k"))
+        os.kill(pid, signal.SIGSTOP)  # still accepts connections, answers nothing
+        with pytest.raises(TimeoutError):
+            await tier.get("k")
+        timed_out = time.monotonic()
+        for _ in range(50):
+            with pytest.raises(ConnectionError):
+                await tier.get("k")
+            with pytest.raises(ConnectionError):
+                await tier.set(entry("k"))
+        # A hundred calls cost less than the one timeout they would each have waited for.
+        assert time.monotonic() - timed_out < TIMEOUT
+        os.kill(pid, signal.SIGCONT)
+        await asyncio.sleep(max(0.0, timed_out + RETRY_AFTER_TIMEOUT - time.monotonic()) + 0.05)
+        got = await tier.get("k")
+        assert got is not None
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        await tier.close()
+
+
+async def _answer_gets_then_die_on_the_next_command(
+    last_words: bytes,
+) -> tuple[asyncio.Server, int]:
+    """A server that answers ``get`` with a miss and dies mid-way through any other command:
+    it reads the whole command (so its close is a clean FIN, not a reset) and closes after
+    sending `last_words`, as a memcached killed between a request and its reply looks."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while line := await reader.readline():
+                words = line.split()
+                if words[0] in (b"get", b"gets"):
+                    writer.write(b"END\r\n")
+                    continue
+                if words[0] in (b"set", b"add"):
+                    await reader.readexactly(int(words[4]) + 2)
+                writer.write(last_words)
+                await writer.drain()
+                break
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+@pytest.mark.timeout(15)
+@pytest.mark.parametrize("last_words", [b"", b"STOR"], ids=["no-reply", "half-a-reply"])
+async def test_a_server_that_dies_before_its_reply_is_an_error_not_a_hang(
+    last_words: bytes,
+) -> None:
+    # aiomcache 0.8.2 reads a reply with readline() until a line ends in CRLF; at EOF readline
+    # returns b"" without yielding, so the loop spun forever and no asyncio timeout could
+    # fire (aio-libs/aiomcache#502). That hung the cache's loop thread when a memcached
+    # was killed while a demotion waited for its reply.
+    server, port = await _answer_gets_then_die_on_the_next_command(last_words)
+    tier = make(MemcachedConfig("127.0.0.1", port, "dies:"))
+    try:
+        for _ in range(3):  # each attempt on a fresh connection, after the reset
+            started = time.monotonic()
+            with pytest.raises((OSError, asyncio.IncompleteReadError)):
+                await tier.set(entry("k"))
+            assert time.monotonic() - started < 2.0
+    finally:
+        await tier.close()
+        server.close()
+        await server.wait_closed()
 
 
 class TestMemcachedTierContract(TierContract):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 import math
@@ -46,6 +47,11 @@ log = logging.getLogger(__name__)
 CHUNK_BYTES = 512 * 1024
 MAX_CHUNKS = 64  # 32 MiB: larger entries are not worth spreading over a shared cache
 TIMEOUT = 0.5  # a down or stuck server costs a request at most this long
+# After a timeout, commands fail at once for this long: a stuck server (one that accepts
+# but never answers) would otherwise cost TIMEOUT per call, and a close draining thousands
+# of queued demotions into it would take an hour. A refused connect is cheap, so it is not
+# held against the server and a restarted one is used again at once.
+RETRY_AFTER_TIMEOUT = 1.0
 GENERATION_CACHE_SECONDS = 1.0
 _MAX_KEY_BYTES = 250
 _THIRTY_DAYS = 30 * 24 * 3600  # memcached reads a larger exptime as a unix timestamp
@@ -53,6 +59,29 @@ _MANIFEST_MAGIC = b"TCMCHUNK"
 _BAD_KEY = re.compile(r"[\s\x00-\x1f\x7f-\x9f]")
 
 T = TypeVar("T")
+
+
+@functools.cache
+def _client_class() -> type[aiomcache.Client]:
+    """aiomcache's Client with replies read so that a closed connection raises.
+
+    aiomcache 0.8.2 reads a simple reply with ``readline()`` until a line ends in CRLF, and
+    at EOF ``readline()`` returns b"" at once without yielding (aio-libs/aiomcache#502): a
+    server that dies between a command and its reply makes that loop spin forever, holding
+    the loop thread, so no asyncio timeout can ever fire. ``readuntil`` raises
+    IncompleteReadError instead, which `MemcachedTier._call` treats as a fault.
+    """
+    import aiomcache
+    from aiomcache.pool import Connection
+
+    class Client(aiomcache.Client):
+        async def _execute_simple_command(self, conn: Connection, raw_command: bytes) -> bytes:
+            conn.writer.write(raw_command)
+            await conn.writer.drain()
+            reply = await conn.reader.readuntil(b"\r\n")
+            return reply[:-2]
+
+    return Client
 
 
 class MemcachedTier:
@@ -69,15 +98,21 @@ class MemcachedTier:
         self._client: aiomcache.Client | None = None
         self._generation: bytes | None = None
         self._generation_read = 0.0
+        self._timed_out_at = -math.inf
 
     # ---- connection ---------------------------------------------------------------------
 
     def _mc(self) -> aiomcache.Client:
+        # Every command asks for the client first, so the fail-fast check lives here.
+        since = time.monotonic() - self._timed_out_at
+        if since < RETRY_AFTER_TIMEOUT:
+            raise ConnectionError(
+                f"memcached {self.settings.host}:{self.settings.port} timed out {since:.1f} s "
+                f"ago; not asked again for {RETRY_AFTER_TIMEOUT - since:.1f} s"
+            )
         # Created on first use, inside the loop TierCache runs backends on.
         if self._client is None:
-            import aiomcache
-
-            self._client = aiomcache.Client(self.settings.host, self.settings.port, pool_size=16)
+            self._client = _client_class()(self.settings.host, self.settings.port, pool_size=16)
         return self._client
 
     async def _call(self, awaitable: Awaitable[T]) -> T:
@@ -90,7 +125,11 @@ class MemcachedTier:
             # asyncio.timeout, not wait_for: before 3.12 wait_for can drop a cancel.
             async with asyncio.timeout(TIMEOUT):
                 return await awaitable
-        except (OSError, TimeoutError, asyncio.IncompleteReadError, EOFError):
+        except TimeoutError:
+            self._timed_out_at = time.monotonic()
+            await self._reset()
+            raise
+        except (OSError, asyncio.IncompleteReadError, EOFError):
             await self._reset()
             raise
 
