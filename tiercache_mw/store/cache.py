@@ -134,8 +134,8 @@ class _TrackingBuffer:
 
     def count_hit(self, entry: Entry) -> None:
         """One hit on `entry`: an int bump, and a list append only on its first hit since
-        the last flush. Lock-free: a hit racing the flush's reset may be lost (one count,
-        never an entry)."""
+        the last flush. Lock-free, so best effort, as RamTier.get_now's count is: a hit
+        racing the flush may lose counts, or leave `entry` unlisted until it leaves its tier."""
         hits = entry.hits
         entry.hits = hits + 1
         if not hits:

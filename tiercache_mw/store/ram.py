@@ -93,8 +93,10 @@ class RamTier:
             entry.visited = True
         if self.count_hits:
             # The TierCache's count of a hot hit: its number, and per entry for tracking,
-            # the entry listed on its first hit since the last flush. Lock-free: a hit
-            # racing `take_first_hits` may lose one count, never an entry.
+            # the entry listed on its first hit since the last flush. Lock-free, so best
+            # effort: a thread switch between these lines and a flush may lose counts, and
+            # at worst leave the entry unlisted (its hits untracked) until it leaves hot. A
+            # lock here would cost every hot hit ~50 ns for a statistic.
             self.hits += 1
             hits = entry.hits
             entry.hits = hits + 1
