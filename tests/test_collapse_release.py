@@ -4,14 +4,18 @@ leader's client has read the last of it. A Range request never leads.
 
 Both adapters behind real servers on loopback (uvicorn, werkzeug's threaded server): the
 leader's client really stalls on a socket, and followers really queue on the middleware.
+The tests wait for real conditions (the app called, followers waiting on the leader), never a
+fixed time: on a loaded runner a follower late by a fixed sleep would be a plain hit.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +25,9 @@ from starlette.types import Receive, Scope, Send
 
 from tests.apps import cache_config
 from tests.live import asgi_server, wsgi_server
+from tests.rfc.origin import FakeClock
 from tiercache_mw import CacheMiddleware, TierCache, WSGICacheMiddleware
+from tiercache_mw.engine import HttpCache
 from tiercache_mw.wsgi import StartResponse, WSGIEnviron
 
 GATE = None  # in a script's parts: the app waits here until the test opens the gate
@@ -77,23 +83,53 @@ class Scripted:
         return b"".join(part for part in self.parts if part is not GATE)
 
 
+class InFlight(dict[str, Any]):
+    """A middleware's map of forwards in flight (key -> the leader's), counting the requests
+    that found a leader there: from that lookup on, a follower waits for its leader and is
+    answered from what the leader stored, however soon or late the leader finishes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.followers = 0
+        self._lock = threading.Lock()  # WSGI followers look from several threads
+
+    def get(self, key: str, default: Any = None) -> Any:
+        found = super().get(key, default)
+        if found is not None:
+            with self._lock:
+                self.followers += 1
+        return found
+
+
+@dataclass
+class Site:
+    client: httpx.AsyncClient
+    inflight: InFlight
+    engine: HttpCache
+
+
 @asynccontextmanager
 async def served(
     adapter: str, origin: Scripted, tmp_path: Path, **http: Any
-) -> AsyncIterator[httpx.AsyncClient]:
+) -> AsyncIterator[Site]:
     config = cache_config(tmp_path, hot_cache={"backend": "ram", "max_size_mb": 64}, http={**http})
     cache = TierCache.from_dict(config)
+    inflight = InFlight()
     if adapter == "asgi":
         asgi = CacheMiddleware(origin.asgi, cache=cache)
+        asgi._inflight = inflight
         server = asgi_server(asgi)
+        engine = asgi.engine
     else:
         wsgi = WSGICacheMiddleware(origin.wsgi, cache=cache)
+        wsgi._inflight = inflight
         server = wsgi_server(wsgi)
+        engine = wsgi.engine
     try:
         with server as port:
             base_url = f"http://127.0.0.1:{port}"
             async with httpx.AsyncClient(base_url=base_url, timeout=WAIT_SECONDS * 3) as client:
-                yield client
+                yield Site(client, inflight, engine)
     finally:
         origin.gate.set()
         await (asgi.close() if adapter == "asgi" else asyncio.to_thread(wsgi.close))
@@ -147,9 +183,15 @@ async def until_called(origin: Scripted, times: int) -> None:
     assert await asyncio.to_thread(origin.wait_for_calls, times), f"{times} calls expected"
 
 
-async def follower_queued() -> None:
-    """Give a request just sent the time to reach the middleware and wait on the leader."""
-    await asyncio.sleep(0.3)
+async def followers_waiting(site: Site, count: int) -> None:
+    """Until `count` requests found the leader in flight and wait on it (bounded)."""
+    deadline = time.monotonic() + WAIT_SECONDS
+    while site.inflight.followers < count:
+        assert time.monotonic() < deadline, (
+            f"{count} followers expected to wait on the leader, "
+            f"{site.inflight.followers} did within {WAIT_SECONDS} s"
+        )
+        await asyncio.sleep(0.005)
 
 
 @pytest.mark.parametrize("adapter", ADAPTERS)
@@ -170,7 +212,8 @@ async def test_a_response_not_stored_lets_the_waiters_go_at_once(
     """The leader's stream stays open (an event stream, a download); the request that came
     during it must reach the app itself at once, not after collapse_timeout_seconds."""
     origin = Scripted(headers, [first, GATE, b"finish"])
-    async with served(adapter, origin, tmp_path, max_entry_bytes=16384) as client:
+    async with served(adapter, origin, tmp_path, max_entry_bytes=16384) as site:
+        client = site.client
         with fetching() as fetches:
             leader = Fetch(client, "/stream", {}, read=False)
             fetches.append(leader)
@@ -194,14 +237,15 @@ async def test_a_stored_response_lets_the_waiters_go_before_its_client_has_read_
     """The waiters are answered from the entry once it is stored, while the leader's client
     (slow, or gone quiet) has not read the last part yet."""
     origin = Scripted([("cache-control", "max-age=60")], [b"start", GATE, BIG])
-    async with served(adapter, origin, tmp_path, max_entry_bytes=16 << 20) as client:
+    async with served(adapter, origin, tmp_path, max_entry_bytes=16 << 20) as site:
+        client = site.client
         with fetching() as fetches:
             leader = Fetch(client, "/big", {}, read=False)
             fetches.append(leader)
             await until_called(origin, 1)
             follower = Fetch(client, "/big", {}, read=True)
             fetches.append(follower)
-            await follower_queued()
+            await followers_waiting(site, 1)
             origin.gate.set()
             async with asyncio.timeout(PROMPT_SECONDS):
                 await follower.task
@@ -217,7 +261,8 @@ async def test_a_range_request_does_not_lead(tmp_path: Path, adapter: str) -> No
     """Its answer may be a 206, which is never stored: a request that came meanwhile goes
     to the app itself instead of waiting for it."""
     origin = Scripted([("cache-control", "max-age=60")], [GATE, b"0123456789"])
-    async with served(adapter, origin, tmp_path) as client:
+    async with served(adapter, origin, tmp_path) as site:
+        client = site.client
         with fetching() as fetches:
             ranged = Fetch(client, "/r", {"range": "bytes=0-1"}, read=True)
             fetches.append(ranged)
@@ -236,14 +281,15 @@ async def test_a_range_request_waits_for_a_leader_and_gets_its_part(
     tmp_path: Path, adapter: str
 ) -> None:
     origin = Scripted([("cache-control", "max-age=60")], [GATE, b"0123456789"])
-    async with served(adapter, origin, tmp_path) as client:
+    async with served(adapter, origin, tmp_path) as site:
+        client = site.client
         with fetching() as fetches:
             whole = Fetch(client, "/r", {}, read=True)
             fetches.append(whole)
             await until_called(origin, 1)
             ranged = Fetch(client, "/r", {"range": "bytes=2-4"}, read=True)
             fetches.append(ranged)
-            await follower_queued()
+            await followers_waiting(site, 1)
             origin.gate.set()
             await whole.finish()
             await ranged.finish()
@@ -262,14 +308,15 @@ async def test_conditional_miss_followers_get_304s_from_the_one_stored_200(
     etag = '"v7"'
     origin = Scripted([("cache-control", "max-age=60"), ("etag", etag)], [GATE, b"items"])
     conditional = {"if-none-match": etag}
-    async with served(adapter, origin, tmp_path) as client:
+    async with served(adapter, origin, tmp_path) as site:
+        client = site.client
         with fetching() as fetches:
             leader = Fetch(client, "/poll", conditional, read=True)
             fetches.append(leader)
             await until_called(origin, 1)
             followers = [Fetch(client, "/poll", conditional, read=True) for _ in range(2)]
             fetches.extend(followers)
-            await follower_queued()
+            await followers_waiting(site, 2)
             origin.gate.set()
             for fetch in (leader, *followers):
                 await fetch.finish()
@@ -317,16 +364,20 @@ async def test_followers_of_a_revalidation_report_the_304_the_leader_received(
 ) -> None:
     """RFC 9211 §2.3: fwd-status is what the app answered the forward they waited for."""
     origin = Revalidated()
-    async with served(adapter, origin, tmp_path) as client:
+    async with served(adapter, origin, tmp_path) as site:
+        client = site.client
+        # Freshness on a test clock: wall-clock seconds could also age the revalidated entry
+        # before a loaded runner's followers get to it.
+        clock = site.engine.clock = FakeClock()
         assert (await client.get("/r")).status_code == 200
-        await asyncio.sleep(1.2)  # stale: the next request validates
+        clock.advance(2)  # stale: the next request validates
         with fetching() as fetches:
             leader = Fetch(client, "/r", {}, read=True)
             fetches.append(leader)
             await until_called(origin, 2)
             followers = [Fetch(client, "/r", {}, read=True) for _ in range(2)]
             fetches.extend(followers)
-            await follower_queued()
+            await followers_waiting(site, 2)
             origin.gate.set()
             for fetch in (leader, *followers):
                 await fetch.finish()

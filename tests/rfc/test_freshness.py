@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from starlette.types import Receive, Scope, Send
 from werkzeug.http import http_date, parse_date
 
+from tests.live import asgi_server
 from tests.rfc.origin import Answer, Harness, is_hit, local_config, status_of, wsgi_client
 from tiercache_mw import CacheMiddleware, TierCache
 from tiercache_mw.wsgi import StartResponse, WSGIEnviron
@@ -163,30 +162,18 @@ async def test_uvicorn_hit_carries_one_date(tmp_path: Path) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": b"x"})
 
-    cache = TierCache.from_dict(local_config(tmp_path))
-    middleware = CacheMiddleware(app, cache=cache)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    config = uvicorn.Config(
-        middleware, host="127.0.0.1", port=port, log_level="warning", lifespan="off"
-    )
-    server = uvicorn.Server(config)
-    serving = asyncio.create_task(server.serve())
+    middleware = CacheMiddleware(app, cache=TierCache.from_dict(local_config(tmp_path)))
     try:
-        for _ in range(500):
-            if server.started:
-                break
-            await asyncio.sleep(0.01)
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
-            await client.get("/u")
-            await asyncio.sleep(1.1)
-            hit = await client.get("/u")
+        # uvicorn serves from a socket bound before it starts (no free-port race) and the
+        # context raises if it does not start.
+        with asgi_server(middleware) as port:
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+                await client.get("/u")
+                await asyncio.sleep(1.1)
+                hit = await client.get("/u")
         assert hit.headers["cache-status"].startswith("tiercache; hit;")
         [date] = hit.headers.get_list("date")
         assert parse_date(date) is not None
         assert int(hit.headers["age"]) >= 1
     finally:
-        server.should_exit = True
-        await serving
         await middleware.close()

@@ -5,6 +5,7 @@ an expired one. The page-cache-only read (`LocalTier.read_cached`) against the r
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import threading
@@ -20,6 +21,31 @@ from tiercache_mw.store.entry import Entry
 from tiercache_mw.store.local import READ_IN_THREAD, LocalTier, ReadInThread
 
 VALUE = b"v" * 100
+
+
+def page_cache_reads(directory: Path) -> bool:
+    """Whether reads from the page cache only (`preadv2` with `RWF_NOWAIT`) work on the
+    filesystem of `directory`: ext4, xfs and btrfs take them; tmpfs and overlayfs (Docker,
+    a Fedora /tmp) refuse them and macOS has no such flag, so `read_cached` hands every hit
+    to a worker thread there. Asked of the kernel, not of the code under test."""
+    flag = getattr(os, "RWF_NOWAIT", None)
+    if flag is None or not hasattr(os, "preadv"):
+        return False
+    probe = directory / "rwf-nowait-probe"
+    probe.write_bytes(b"x")
+    fd = os.open(probe, os.O_RDONLY)
+    try:
+        os.preadv(fd, [bytearray(1)], 0, flag)
+    except BlockingIOError:
+        return True  # supported, only not cached
+    except OSError as exc:
+        if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL):
+            return False
+        raise
+    finally:
+        os.close(fd)
+        probe.unlink()
+    return True
 
 
 @pytest.fixture
@@ -48,8 +74,9 @@ def with_dry_tier(tmp_path: Path, tier: type[LocalTier]) -> TierCache:
 
 
 @pytest.fixture
-def busy_loop(cache: TierCache) -> Iterator[None]:
-    """The cache's loop thread stuck in a blocking call for the test's duration."""
+def busy_loop(cache: TierCache) -> Iterator[threading.Event]:
+    """The cache's loop thread stuck in a blocking call until the event yielded is set, at
+    the latest when the test ends."""
     release = threading.Event()
     stuck = threading.Event()
 
@@ -59,22 +86,30 @@ def busy_loop(cache: TierCache) -> Iterator[None]:
 
     cache._loop.submit(block())
     assert stuck.wait(10)
-    yield
+    yield release
     release.set()
 
 
 async def test_a_dry_hit_is_served_while_the_loop_thread_is_busy(
-    cache: TierCache, busy_loop: None
+    cache: TierCache, busy_loop: threading.Event, tmp_path: Path
 ) -> None:
-    await in_dry_only(cache, "k")  # written from a worker thread of this test's loop
-    found = await asyncio.wait_for(cache.lookup("k"), 5)
+    dry = await in_dry_only(cache, "k")  # written from a worker thread of this test's loop
+    if page_cache_reads(tmp_path):
+        found = await asyncio.wait_for(cache.lookup("k"), 5)
+    else:
+        # No page-cache read here: the hit goes through the loop thread to a worker, and is
+        # served once the loop is free.
+        assert dry.read_cached("k") is READ_IN_THREAD
+        looking = asyncio.ensure_future(cache.lookup("k"))
+        busy_loop.set()
+        found = await asyncio.wait_for(looking, 5)
     assert found is not None
     assert (found[0].value, found[1]) == (VALUE, "dry")
     assert cache.get_hot("k") is found[0], "promoted to hot"
 
 
 async def test_a_blocking_dry_hit_is_served_while_the_loop_thread_is_busy(
-    cache: TierCache, busy_loop: None
+    cache: TierCache, busy_loop: threading.Event
 ) -> None:
     await in_dry_only(cache, "k")
     found = await asyncio.wait_for(asyncio.to_thread(cache.lookup_blocking, "k"), 5)
@@ -154,12 +189,18 @@ async def test_an_expired_dry_file_is_a_miss_and_removed(tmp_path: Path) -> None
 
 
 async def test_a_hit_read_on_the_callers_thread_touches_its_file_later(
-    cache: TierCache,
+    cache: TierCache, tmp_path: Path
 ) -> None:
     dry = await in_dry_only(cache, "k")
     path = dry.path_for("k")
     old = time.time() - 1000
     os.utime(path, (old, old))
+    if not page_cache_reads(tmp_path):
+        # No read on the caller's thread here: the worker that reads the file touches it.
+        assert dry.read_cached("k") is READ_IN_THREAD
+        assert await cache.lookup("k") is not None
+        assert path.stat().st_mtime == pytest.approx(time.time(), abs=5)
+        return
     assert dry.read_cached("k") is not READ_IN_THREAD
     assert path.stat().st_mtime == pytest.approx(old), "no metadata write on the caller's thread"
     await cache._call(cache._sweep())
@@ -183,7 +224,7 @@ async def test_read_cached_leaves_a_file_not_in_the_page_cache_to_a_thread(
 
 
 async def test_read_cached_answers_none_for_a_missing_key_and_reads_packed_entries(
-    cache: TierCache,
+    cache: TierCache, tmp_path: Path
 ) -> None:
     dry = cache.dry
     assert isinstance(dry, LocalTier)
@@ -192,12 +233,32 @@ async def test_read_cached_answers_none_for_a_missing_key_and_reads_packed_entri
     assert await dry.set_many(entries) == [None] * 5
     assert os.stat(dry.path_for("p0")).st_nlink > 1, "written as one pack"
     assert dry.read_cached("absent") is None
+    on_this_thread = page_cache_reads(tmp_path)
     for n in range(5):
-        entry = dry.read_cached(f"p{n}")
-        assert entry is not READ_IN_THREAD
+        cached = dry.read_cached(f"p{n}")
+        if on_this_thread:
+            assert cached is not READ_IN_THREAD
+            entry = cached
+        else:  # no page-cache read here: a worker reads the pack instead
+            assert cached is READ_IN_THREAD
+            entry = await dry.get(f"p{n}")
         assert entry is not None
         assert entry.value == b"%d" % n * 50
     await settle(cache)
+
+
+async def test_a_miss_without_page_cache_reads_needs_no_worker_thread(
+    cache: TierCache, busy_loop: threading.Event
+) -> None:
+    """Where the filesystem refused `RWF_NOWAIT` (tmpfs, overlayfs) or the platform has none,
+    a hit goes to a worker, but a miss is still answered on the caller's thread by one stat:
+    served while the loop thread, which would hand it to a worker, is stuck."""
+    dry = await in_dry_only(cache, "k")
+    dry._read_cached = False  # what a refused `preadv2` leaves, whatever this filesystem is
+    assert dry.read_cached("k") is READ_IN_THREAD
+    assert dry.read_cached("absent") is None
+    assert await asyncio.wait_for(cache.lookup("absent"), 5) is None
+    assert cache._misses == 1
 
 
 @pytest.mark.parametrize("blocking", [False, True], ids=["lookup", "lookup_blocking"])

@@ -19,8 +19,10 @@ A file that does not decode (corrupt, truncated, foreign) is a miss, is removed 
 Every file operation runs in a worker thread, never on an event loop, with one exception:
 `read_cached` reads an entry on the caller's thread when the kernel can answer from its page
 cache (`preadv2` with `RWF_NOWAIT` fails instead of waiting for the device), because a dry hit
-through the thread pool costs ~300 µs of thread hand-offs for a ~20 µs read. Anything else
-(data not cached, a large entry, a file to remove or log) is left to `get`, in a worker thread.
+through the thread pool costs ~300 µs of thread hand-offs for a ~20 µs read. Where the
+filesystem refuses `RWF_NOWAIT` (tmpfs, overlayfs) or the platform has none (macOS), hits go
+to `get`, and `read_cached` still answers a miss with one stat. Anything else (data not
+cached, a large entry, a file to remove or log) is left to `get`, in a worker thread.
 """
 
 from __future__ import annotations
@@ -378,19 +380,22 @@ class LocalTier:
         return entry
 
     def read_cached(self, key: str) -> Entry | Literal[ReadInThread.TOKEN] | None:
-        """`get` on the caller's thread where no step can wait for the disk: the entry, or
-        None when no file holds `key` (one failed open, like the stat of `may_contain`).
+        """`get` on the caller's thread where the data need not come from the device: the
+        entry, or None when no file holds `key` (one failed open, or the stat of
+        `may_contain`). Opening and statting the file may still wait on its metadata (an
+        inode not in memory), as any path lookup can; the read itself takes only what the
+        page cache holds (`preadv2` with `RWF_NOWAIT`).
         READ_IN_THREAD when `get` must answer instead: the data is not in the page cache,
-        the record is large, the file is corrupt, foreign or expired (`get` removes and logs
+        the filesystem or platform has no `RWF_NOWAIT` (tmpfs, overlayfs, macOS), the
+        record is large, the file is corrupt, foreign or expired (`get` removes and logs
         it), the index is not scanned yet, or the tier's read body is replaced (a test's
         gated tier). A hit on a file of its own is touched later, by `touch_read`, as a
         utime is a metadata write the caller must not wait for."""
-        if (
-            not self._scanned
-            or not self._read_cached
-            or getattr(self._read, "__func__", None) is not LocalTier._read
-        ):
+        if getattr(self._read, "__func__", None) is not LocalTier._read:
             return READ_IN_THREAD
+        if not self._scanned or not self._read_cached:
+            # Only `get` can read the file, but a miss needs no thread hop: one stat says it.
+            return READ_IN_THREAD if self.may_contain(key) else None
         digest = key_digest(key)
         rel = _relative(digest)
         try:
