@@ -45,6 +45,8 @@ class Settings:
     eviction_keys: int
     eviction_requests: int
     dry_seconds: float
+    served_dry_seconds: float  # busy phases in all, as long quiet, through uvicorn
+    served_dry_phases: int
     profile_calls: int
 
 
@@ -53,7 +55,8 @@ FULL = Settings(
                         per_call_max=300),
     server_seconds=15, server_rounds=5, server_subjects=None, memory_entries=1_000_000,
     budget_writes=60_000, budget_every=500, hot_max=2 * 1024**2, cold_max=8 * 1024**2,
-    eviction_keys=100_000, eviction_requests=1_000_000, dry_seconds=12.0, profile_calls=50_000,
+    eviction_keys=100_000, eviction_requests=1_000_000, dry_seconds=12.0,
+    served_dry_seconds=15.0, served_dry_phases=12, profile_calls=50_000,
 )  # fmt: skip
 SMOKE = Settings(
     plan=inprocess.Plan(rounds=3, round_seconds=0.002, min_calls=100, max_calls=200,
@@ -62,7 +65,7 @@ SMOKE = Settings(
     server_subjects=("raw-asgi", "tiercache-hot-asgi", "raw-wsgi", "tiercache-hot-wsgi"),
     memory_entries=5_000, budget_writes=2_000, budget_every=100, hot_max=256 * 1024,
     cold_max=512 * 1024, eviction_keys=2_000, eviction_requests=20_000, dry_seconds=0.3,
-    profile_calls=500,
+    served_dry_seconds=0.4, served_dry_phases=2, profile_calls=500,
 )  # fmt: skip
 
 
@@ -143,6 +146,14 @@ def run_suite(settings: Settings, *, smoke: bool, with_servers: bool, command: s
         run.eviction = _part(run, "eviction traces", traces) or []
         dry = partial(store.measure_dry_load, settings.dry_seconds, tmp / "dry-load")
         run.dry = _part(run, "hot hits under dry demotions", dry)
+        if with_servers:
+            served_dry = partial(
+                servers.measure_served_dry_load, tmp, settings.served_dry_seconds,
+                phases=settings.served_dry_phases,
+            )  # fmt: skip
+            run.served_dry = _part(run, "hot hits through uvicorn under dry demotions", served_dry)
+        else:
+            run.skipped.append("hot hits through uvicorn under dry demotions: --no-servers")
         profile = partial(profile_hot_hit, tmp, settings.profile_calls)
         run.profile = _part(run, "profile", profile) or ""
     finally:

@@ -7,13 +7,19 @@ by tens of percent from one minute to the next. All the servers of a kind theref
 once (idle while another is loaded) and are loaded in turn, in several short rounds, the order
 reversed every other round: each subject's rounds meet the same drift as the raw app's, and the
 median over rounds is compared with the raw app's median. Every server is stopped at the end of
-its kind, whatever happens."""
+its kind, whatever happens.
+
+`measure_served_dry_load` times hot hits through one uvicorn process, one request at a time
+from a client process, while that server's cache absorbs demotions into its dry tier: the
+dry-load target as a client sees it, beside store.measure_dry_load's in-process figure."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import http.client
+import json
 import multiprocessing
 import os
 import re
@@ -29,10 +35,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.bench.store import _get_from
-from tests.bench.suite import Spec
+from tests.bench.store import _get_from, pct
+from tests.bench.subjects import DRY_LOAD_CONTROL
+from tests.bench.suite import DRY_LOAD, Spec
 
-__all__ = ["ServerResult", "free_port", "load_tool", "run_server_specs"]
+__all__ = [
+    "ServedDryLoadResult",
+    "ServerResult",
+    "free_port",
+    "load_tool",
+    "measure_served_dry_load",
+    "run_server_specs",
+]
 
 STARTUP_TIMEOUT = 20.0
 STOP_TIMEOUT = 5.0
@@ -310,3 +324,182 @@ def run_server_specs(
                 threads=threads, log=log, tool=tool, fail=fail,
             )  # fmt: skip
     return results
+
+
+# ---- hot hits through uvicorn while the dry tier absorbs demotions ---------------------------
+@dataclass(frozen=True)
+class ServedDryLoadResult:
+    """store.DryLoadResult as a client sees it: each hot-hit request timed from the client
+    process, send to last byte, over loopback to uvicorn."""
+
+    seconds: float  # busy phases, in all (the server's clock)
+    target_rate: float  # entries/s the server's writer pushes through hot towards dry
+    request_rate: float | None  # hot-hit requests/s the client paced itself to; None: back to back
+    requests: int  # timed, quiet and busy together
+    puts_per_s: float
+    demotions_per_s: float  # stats(): hot->cold and cold->dry both count
+    dry_writes_per_s: float
+    dropped: int
+    quiet_p50_us: float
+    quiet_p99_us: float
+    busy_p50_us: float
+    busy_p99_us: float
+    not_hot: int  # answers without `detail=hot` (busy and quiet)
+    errors: int  # answers other than 200
+    unsettled: int  # quiet phases that began with demotions still queued
+    # CPUs the server process used (all its threads: CPU seconds per second), by phase
+    server_cpu_quiet: float = 0.0
+    server_cpu_busy: float = 0.0
+    pair_ratios: tuple[float, ...] = ()  # busy p99 / quiet p99 of each neighbouring pair
+    server: str = "uvicorn"
+
+    @property
+    def p99_ratio(self) -> float:
+        return self.busy_p99_us / self.quiet_p99_us
+
+
+_CONTENT_LENGTH = re.compile(rb"(?i)\r\ncontent-length:[ \t]*(\d+)")
+
+
+def _exchange(sock: socket.socket, request: bytes) -> tuple[bytes, bytes]:
+    """One request on a keep-alive connection: (head, body). Nothing is pipelined, so the
+    answer ends at its Content-Length."""
+    sock.sendall(request)
+    data = sock.recv(65536)
+    while True:
+        end = data.find(b"\r\n\r\n")
+        if end >= 0:
+            length = _CONTENT_LENGTH.search(data, 0, end + 2)
+            if length is None:
+                raise ValueError(f"no Content-Length: {data[:end]!r}")
+            total = end + 4 + int(length.group(1))
+            if len(data) >= total:
+                return data[:end], data[end + 4 : total]
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("server closed the connection")
+        data += chunk
+
+
+def _served_dry_phases(
+    port: int, phases: int, phase_seconds: float, request_rate: float | None
+) -> dict[str, Any]:
+    """Quiet and busy phases in turn against the dry-load server, each hot hit timed alone.
+    Runs in its own process (a fresh heap, its collector off) on one connection, one request
+    at a time, so the server never has two to queue: back to back (a closed loop), or paced
+    to `request_rate`."""
+    gc.disable()  # the client's own pauses would land on random requests of either phase
+    sock = socket.create_connection(("127.0.0.1", port), timeout=15)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    item = b"GET /item HTTP/1.1\r\nHost: bench.local\r\n\r\n"
+    perf_ns, monotonic, sleep = time.perf_counter_ns, time.monotonic, time.sleep
+    exchange = _exchange
+    not_hot = errors = unsettled = 0
+
+    def control(command: str) -> dict[str, Any]:
+        request = f"GET {DRY_LOAD_CONTROL}{command} HTTP/1.1\r\nHost: bench.local\r\n\r\n"
+        head, body = exchange(sock, request.encode())
+        if not head.startswith(b"HTTP/1.1 200"):
+            raise RuntimeError(f"{command}: {head!r}")
+        answer: dict[str, Any] = json.loads(body)
+        return answer
+
+    def timed(seconds: float) -> list[float]:
+        nonlocal not_hot, errors
+        latencies: list[float] = []
+        heads: list[bytes] = []
+        interval = 1.0 / request_rate if request_rate else 0.0
+        next_at = start = monotonic()
+        deadline = start + seconds
+        while (now := monotonic()) < deadline:
+            if next_at > now:
+                sleep(next_at - now)
+            t0 = perf_ns()
+            head, _ = exchange(sock, item)
+            latencies.append((perf_ns() - t0) / 1000)
+            heads.append(head)
+            # No catching up after a slow answer: a burst would measure queueing.
+            next_at = max(next_at + interval, monotonic())
+        for head in heads:  # checked after the phase, off the timed path
+            if not head.startswith(b"HTTP/1.1 200"):
+                errors += 1
+            elif b"detail=hot" not in head:
+                not_hot += 1
+        return latencies
+
+    try:
+        for _ in range(3):  # the server's start-up probe stored /item; these hit it
+            head, _ = exchange(sock, item)
+        if b"detail=hot" not in head:
+            raise RuntimeError(f"/item is not a hot hit: {head!r}")
+        before = control("quiet")
+        quiet: list[list[float]] = []
+        busy: list[list[float]] = []
+        for _ in range(phases):
+            # Untimed: a quiet phase with the drain still writing would not be quiet.
+            if not control("quiet")["settled"]:
+                unsettled += 1
+            quiet.append(timed(phase_seconds))
+            control("busy")
+            busy.append(timed(phase_seconds))
+        after = control("quiet")
+    finally:
+        sock.close()
+    return {
+        "quiet": quiet, "busy": busy, "before": before, "after": after,
+        "not_hot": not_hot, "errors": errors, "unsettled": unsettled,
+    }  # fmt: skip
+
+
+def _served_dry_child(queue: multiprocessing.Queue[Any], *args: Any) -> None:
+    queue.put(_served_dry_phases(*args))
+
+
+def measure_served_dry_load(
+    tmp: Path, seconds: float, *, phases: int = 12, request_rate: float | None = None
+) -> ServedDryLoadResult:
+    """`phases` quiet and as many busy phases, `seconds` of busy phase in all, against one
+    uvicorn process running `suite.DRY_LOAD` (its writer at 5,000 puts/s when busy)."""
+    port = free_port()
+    phase_seconds = seconds / phases
+    context = multiprocessing.get_context("spawn")
+    with _server(DRY_LOAD, port, tmp) as server:
+        queue: multiprocessing.Queue[Any] = context.Queue()
+        args = (queue, port, phases, phase_seconds, request_rate)
+        proc = context.Process(target=_served_dry_child, args=args)
+        proc.start()
+        try:
+            # A quiet phase waits at most 10 s for the queue; beyond that something hangs.
+            data = _get_from(proc, queue, 2 * seconds + 11 * phases + 30)
+        finally:
+            proc.join(5)
+            if proc.is_alive():
+                proc.kill()
+    before, after = data["before"], data["after"]
+    busy_seconds = after["busy_seconds"] - before["busy_seconds"]
+    quiet = [x for phase in data["quiet"] for x in phase]
+    busy = [x for phase in data["busy"] for x in phase]
+    return ServedDryLoadResult(
+        seconds=busy_seconds,
+        target_rate=after["rate"],
+        request_rate=request_rate,
+        requests=len(quiet) + len(busy),
+        puts_per_s=(after["written"] - before["written"]) / busy_seconds,
+        demotions_per_s=(after["demotions"] - before["demotions"]) / busy_seconds,
+        dry_writes_per_s=(after["dry_entries"] - before["dry_entries"]) / busy_seconds,
+        dropped=after["demotions_dropped"] - before["demotions_dropped"],
+        quiet_p50_us=pct(quiet, 0.5),
+        quiet_p99_us=pct(quiet, 0.99),
+        busy_p50_us=pct(busy, 0.5),
+        busy_p99_us=pct(busy, 0.99),
+        not_hot=data["not_hot"],
+        errors=data["errors"],
+        unsettled=data["unsettled"],
+        server_cpu_quiet=(after["quiet_cpu"] - before["quiet_cpu"])
+        / max(1e-9, after["quiet_seconds"] - before["quiet_seconds"]),
+        server_cpu_busy=(after["busy_cpu"] - before["busy_cpu"]) / busy_seconds,
+        pair_ratios=tuple(
+            pct(b, 0.99) / pct(q, 0.99) for q, b in zip(data["quiet"], data["busy"], strict=True)
+        ),
+        server=server,
+    )

@@ -8,25 +8,29 @@ can prove a "hit" subject never reached its app and a "miss" subject always did.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import json
+import os
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = [
     "BODY",
     "CACHE_CONTROL",
     "CALLS",
+    "DRY_LOAD_CONTROL",
     "PAYLOAD",
     "StartResponse",
     "WSGIApp",
     "cashews_app",
     "counted_asgi",
     "counted_wsgi",
+    "dry_load_asgi",
     "fastapi_bare",
     "fastapi_cache2_app",
     "flask_bare",
@@ -333,5 +337,140 @@ def floor_wsgi(clock: Callable[[], float] = time.time) -> WSGIApp:
                 start_response("200 OK", entry[1][:])
                 return [] if method == "HEAD" else entry[2]
         raise AssertionError("the floor app answers only its one fresh entry")
+
+    return app
+
+
+# ---- a hot hit under uvicorn while the dry tier absorbs demotions ---------------------------
+# Paths under this prefix switch the background writer; they never reach the cache.
+DRY_LOAD_CONTROL = "/_bench/"
+# As in store._dry_load: hot holds ~64 entries and a cold tier smaller than one entry sends
+# every hot eviction straight to the dry queue, so each background put is one dry demotion.
+DRY_LOAD_HOT_BYTES = 64 * 2000
+DRY_LOAD_COLD_BYTES = 1000
+
+
+class _DemotionLoad:
+    """The background writer of `dry_load_asgi`, on the server's own event loop: when busy,
+    it puts new 1 KB entries into the cache at `rate` a second, a few every `interval` (as
+    requests arrive, not in bursts), the same puts as store._dry_load's writer."""
+
+    def __init__(self, cache: Any, rate: float, interval: float) -> None:
+        self.cache = cache
+        self.rate = rate
+        self.batch = max(1, round(rate * interval))
+        self.body = os.urandom(1024)
+        self.written = 0
+        self.busy_seconds = 0.0
+        self.quiet_seconds = 0.0  # from a settled queue to the next busy phase
+        # CPU time of the whole process (every thread) in each kind of phase; the drain after
+        # a busy phase, before the quiet one starts, counts in neither.
+        self.busy_cpu = self.quiet_cpu = 0.0
+        self._stop: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._since = self._since_cpu = 0.0
+        self._quiet_since: tuple[float, float] | None = None  # (monotonic, process_time)
+
+    async def _write(self, stop: asyncio.Event) -> None:
+        cache = self.cache
+        next_at = time.monotonic()
+        while not stop.is_set():
+            for _ in range(self.batch):
+                n = self.written
+                value = self.body[:-8] + b"%08d" % n
+                cache.put(cache.make_entry(f"bg:{n}", value, (), cache.residency_for(())))
+                self.written = n + 1
+            next_at += self.batch / self.rate
+            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+
+    def busy(self) -> None:
+        if self._task is None:
+            if self._quiet_since is not None:
+                self.quiet_seconds += time.monotonic() - self._quiet_since[0]
+                self.quiet_cpu += time.process_time() - self._quiet_since[1]
+                self._quiet_since = None
+            self._stop = asyncio.Event()
+            self._since = time.monotonic()
+            self._since_cpu = time.process_time()
+            self._task = asyncio.get_running_loop().create_task(self._write(self._stop))
+
+    async def quiet(self, wait: float = 10.0) -> bool:
+        """Stop the writer, then wait until every demotion it queued is on disk, so the
+        quiet phase that follows is quiet. False if the queue did not drain in `wait` s."""
+        if self._task is not None and self._stop is not None:
+            self._stop.set()
+            await self._task
+            self.busy_seconds += time.monotonic() - self._since
+            self.busy_cpu += time.process_time() - self._since_cpu
+            self._task = self._stop = None
+        deadline = time.monotonic() + wait
+        while (await self.cache.stats()).get("pending_demotions", 0):
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.01)
+        if self._quiet_since is None:
+            self._quiet_since = (time.monotonic(), time.process_time())
+        return True
+
+    async def control(self, command: str) -> dict[str, Any]:
+        settled = True
+        if command == "busy":
+            self.busy()
+        elif command == "quiet":
+            settled = await self.quiet()
+        elif command != "stats":
+            raise KeyError(command)
+        stats = await self.cache.stats()
+        return {
+            "settled": settled,
+            "rate": self.rate,
+            "written": self.written,
+            "busy_seconds": self.busy_seconds,
+            "quiet_seconds": self.quiet_seconds,
+            "busy_cpu": self.busy_cpu,
+            "quiet_cpu": self.quiet_cpu,
+            **{k: stats.get(k, 0) for k in ("demotions", "dry_entries", "demotions_dropped")},
+        }
+
+
+def dry_load_asgi(
+    tmp: Path, name: str = "tiercache-dry-load-asgi", *, rate: float = 5000.0,
+    interval: float = 0.001,
+) -> ASGIApp:  # fmt: skip
+    """tiercache_mw's ASGI middleware for a server process, beside a writer that makes the
+    dry tier absorb `rate` demotions a second while busy. GET /_bench/busy starts it,
+    /_bench/quiet stops it and answers once the demotion queue is on disk, /_bench/stats
+    reports; each answers JSON with the writer's and the cache's counters."""
+    from tiercache_mw import CacheMiddleware, TierCache
+
+    cache = TierCache.from_dict(
+        tiercache_config(tmp, hot_bytes=DRY_LOAD_HOT_BYTES, cold_bytes=DRY_LOAD_COLD_BYTES)
+    )
+    inner = CacheMiddleware(counted_asgi(name, CACHE_CONTROL), cache=cache)
+    load = _DemotionLoad(cache, rate, interval)
+    json_headers = [(b"content-type", b"application/json"), (b"cache-control", b"no-store")]
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith(DRY_LOAD_CONTROL):
+            try:
+                status, payload = 200, await load.control(scope["path"][len(DRY_LOAD_CONTROL) :])
+            except KeyError:
+                status, payload = 404, {}
+            body = json.dumps(payload).encode()
+            headers = [*json_headers, (b"content-length", b"%d" % len(body))]
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+            return
+        if scope["type"] == "lifespan":
+
+            async def receive_and_stop() -> Message:
+                message = await receive()
+                if message["type"] == "lifespan.shutdown":
+                    await load.quiet(wait=0)  # no writer left running into close()
+                return message
+
+            await inner(scope, receive_and_stop, send)
+            return
+        await inner(scope, receive, send)
 
     return app

@@ -44,7 +44,12 @@ def test_smoke_run_reports_every_subject_and_target(tmp_path: Path) -> None:
     targets = [line for line in out.split("Targets:", 1)[1].splitlines() if line.startswith("  [")]
     assert len(targets) == TARGETS
     assert all("n/a" not in line for line in targets), targets
+    dry = [line for line in targets if "demotions/s" in line]  # measured two ways, both shown
+    assert len(dry) == 1, targets
+    assert "in-process" in dry[0], dry[0]
+    assert "through uvicorn" in dry[0], dry[0]
     doc = (tmp_path / "benchmarks.md").read_text(encoding="utf-8")
     for spec in SPECS:
         assert f"| {spec.label} |" in doc
+    assert "Through uvicorn, as a client sees it" in doc
     assert (tmp_path / "benchmarks.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
