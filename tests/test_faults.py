@@ -15,7 +15,8 @@ import pytest
 
 from tests.services import ServerProcess
 from tests.test_asgi import Harness, is_hit
-from tiercache_mw.store.memcached import TIMEOUT
+from tiercache_mw.store.memcached import TIMEOUT as MEMCACHED_TIMEOUT
+from tiercache_mw.store.redis import SOCKET_TIMEOUT as REDIS_TIMEOUT
 
 pytestmark = pytest.mark.services
 
@@ -95,16 +96,18 @@ async def test_a_cold_server_down_from_the_start_is_a_miss_not_an_error(
         await harness.close()
 
 
+@pytest.mark.parametrize("kind", ["memcached", "redis"])
 async def test_a_stuck_cold_server_costs_requests_little_and_close_stays_bounded(
-    tmp_path: Path, private_servers: Callable[[str], ServerProcess], unique: str
+    tmp_path: Path, kind: str, private_servers: Callable[[str], ServerProcess], unique: str
 ) -> None:
     """A server that accepts connections and never answers (stopped, not dead): each command
     to it would wait its whole timeout, so requests and a close that drains the demotions
     queued for it must not pay that timeout per command."""
-    server = private_servers("memcached")
+    server = private_servers(kind)
     assert server.proc is not None
     pid = server.proc.pid
-    harness = Harness(tmp_path, **sections_for("memcached", server, unique))
+    timeout = {"memcached": MEMCACHED_TIMEOUT, "redis": REDIS_TIMEOUT}[kind]
+    harness = Harness(tmp_path, **sections_for(kind, server, unique))
     requests = 60
     try:
         for path in PATHS:
@@ -122,5 +125,5 @@ async def test_a_stuck_cold_server_costs_requests_little_and_close_stays_bounded
         close_took = time.monotonic() - closing
         os.kill(pid, signal.SIGCONT)
     # Paying the timeout per command would take requests * TIMEOUT for each of the two.
-    assert requests_took < requests * TIMEOUT / 4, requests_took
-    assert close_took < requests * TIMEOUT / 4, close_took
+    assert requests_took < requests * timeout / 4, requests_took
+    assert close_took < requests * timeout / 4, close_took

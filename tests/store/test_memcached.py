@@ -14,13 +14,7 @@ from tests.services import ServerProcess
 from tests.store.tier_contract import MakeTier, TierContract
 from tiercache_mw.config import MemcachedConfig, TierConfig
 from tiercache_mw.store.entry import Entry, Residency
-from tiercache_mw.store.memcached import (
-    CHUNK_BYTES,
-    MAX_CHUNKS,
-    RETRY_AFTER_TIMEOUT,
-    TIMEOUT,
-    MemcachedTier,
-)
+from tiercache_mw.store.memcached import CHUNK_BYTES, MAX_CHUNKS, TIMEOUT, MemcachedTier
 
 pytestmark = pytest.mark.services
 
@@ -160,9 +154,11 @@ async def test_down_server_fails_fast_and_reconnects(
         await tier.close()
 
 
-async def test_a_stuck_server_costs_one_timeout_then_fails_fast_until_retried(
+async def test_a_stuck_server_costs_each_command_one_timeout_and_is_used_again_after(
     private_servers: Callable[[str], ServerProcess],
 ) -> None:
+    """The tier bounds each command by TIMEOUT and reconnects after one; skipping a stuck
+    tier for a moment after a timeout is TierCache._guard's (test_stuck_backends.py)."""
     server = private_servers("memcached")
     assert server.proc is not None
     pid = server.proc.pid
@@ -170,18 +166,13 @@ async def test_a_stuck_server_costs_one_timeout_then_fails_fast_until_retried(
     try:
         await tier.set(entry("k"))
         os.kill(pid, signal.SIGSTOP)  # still accepts connections, answers nothing
-        with pytest.raises(TimeoutError):
-            await tier.get("k")
-        timed_out = time.monotonic()
-        for _ in range(50):
-            with pytest.raises(ConnectionError):
+        for _ in range(2):
+            started = time.monotonic()
+            with pytest.raises(TimeoutError):
                 await tier.get("k")
-            with pytest.raises(ConnectionError):
-                await tier.set(entry("k"))
-        # A hundred calls cost less than the one timeout they would each have waited for.
-        assert time.monotonic() - timed_out < TIMEOUT
+            took = time.monotonic() - started
+            assert took < TIMEOUT * 3, took  # its timeout, not a hang; slack for a busy host
         os.kill(pid, signal.SIGCONT)
-        await asyncio.sleep(max(0.0, timed_out + RETRY_AFTER_TIMEOUT - time.monotonic()) + 0.05)
         got = await tier.get("k")
         assert got is not None
     finally:

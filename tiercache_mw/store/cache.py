@@ -70,6 +70,7 @@ DEMOTION_QUEUE_MIN_BYTES = 4 << 20
 DEMOTION_QUEUE_MAX_BYTES = 256 << 20
 DRAIN_BATCH = 64  # moves to the local dry tier written per worker-thread hop
 BACKEND_TIMEOUT = 10.0  # a stuck backend call becomes a miss after this long
+SKIP_AFTER_TIMEOUT = 1.0  # a stuck server would cost each call (each queued demotion) a timeout
 ERROR_LOG_INTERVAL = 30.0  # at most one log line per tier per interval
 SWEEP_INTERVAL = 1.0  # how often residency is checked and shared dry tiers are trimmed
 HOUR = 3600.0
@@ -244,6 +245,8 @@ class TierCache:
         self._demotions = self._promotions = self._dropped = 0
         self._errors: collections.Counter[str] = collections.Counter()
         self._logged: dict[str, float] = {}
+        # name -> (when a call to it last timed out, that error): see `_guard`.
+        self._timed_out: dict[str, tuple[float, str]] = {}
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> TierCache:
@@ -354,11 +357,11 @@ class TierCache:
             await self._guard("dry", self.dry.touch_read(), None)
         await self._flush_tracking()
         if self._bus is not None:
-            await self._guard("broadcast", self._bus.close(), None)
+            await self._guard("broadcast", self._bus.close(), None, release=True)
             self._bus = None
-        await self._guard("tracking", self.tracking.close(), None)
+        await self._guard("tracking", self.tracking.close(), None, release=True)
         for name in TIERS:
-            await self._guard(name, self._tier(name).close(), None)
+            await self._guard(name, self._tier(name).close(), None, release=True)
 
     def _stop_loop(self) -> None:
         with self._start_lock:
@@ -1017,8 +1020,28 @@ class TierCache:
         return None
 
     # ---- the fault boundary ----------------------------------------------------------------
-    async def _guard(self, name: str, awaitable: Awaitable[T], default: T) -> T:
-        """Every backend call: an exception or a timeout is logged, counted, and a miss."""
+    async def _guard(
+        self, name: str, awaitable: Awaitable[T], default: T, *, release: bool = False
+    ) -> T:
+        """Every backend call: an exception or a timeout is logged, counted, and a miss.
+
+        For `SKIP_AFTER_TIMEOUT` after a call to `name` timed out, calls to it are not made
+        and return `default` at once (counted and logged as errors): a stuck server, one that
+        accepts connections and never answers, would cost every call its timeout, and close()
+        draining thousands of demotions into it would take hours. A refused connection or
+        another error opens no such window: it fails fast by itself, and a restarted server
+        is used again at once. `release` marks a call that only lets go of the client
+        (close): it is made even then, as skipping it would leave the client open and
+        bound to a loop about to stop.
+        """
+        timed_out = self._timed_out.get(name)
+        if timed_out is not None and not release:
+            since = time.monotonic() - timed_out[0]
+            if since < SKIP_AFTER_TIMEOUT:
+                if isinstance(awaitable, Coroutine):
+                    awaitable.close()  # never started: no "was never awaited" warning
+                self._count_skip(name, since, timed_out[1])
+                return default
         try:
             # Not asyncio.wait_for: before Python 3.12 it returns the result when a cancel
             # lands in the loop iteration the call completes in, and close() then waits
@@ -1028,18 +1051,48 @@ class TierCache:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            if _is_timeout(exc):
+                self._timed_out[name] = (time.monotonic(), f"{type(exc).__name__}: {exc}")
             self._count_error(name, exc)
             return default
 
     def _count_error(self, name: str, exc: BaseException) -> None:
-        self._errors[name] += 1
-        now = time.monotonic()
-        if now - self._logged.get(name, -math.inf) >= ERROR_LOG_INTERVAL:
-            self._logged[name] = now
+        if self._count(name):
+            then = f" and skipped for {SKIP_AFTER_TIMEOUT:g} s" if _is_timeout(exc) else ""
             log.warning(
-                "tiercache: %s backend failed (%d errors so far), treated as a miss: %s: %s",
+                "tiercache: %s backend failed (%d errors so far), treated as a miss%s: %s: %s",
                 name,
                 self._errors[name],
+                then,
                 type(exc).__name__,
                 exc,
             )
+
+    def _count_skip(self, name: str, since: float, error: str) -> None:
+        if self._count(name):
+            log.warning(
+                "tiercache: %s backend skipped after a timeout %.1f s ago (%d errors so far), "
+                "treated as a miss: %s",
+                name,
+                since,
+                self._errors[name],
+                error,
+            )
+
+    def _count(self, name: str) -> bool:
+        """Count an error of `name`'s; True when it is to be logged (once per interval)."""
+        self._errors[name] += 1
+        now = time.monotonic()
+        if now - self._logged.get(name, -math.inf) < ERROR_LOG_INTERVAL:
+            return False
+        self._logged[name] = now
+        return True
+
+
+def _is_timeout(exc: BaseException) -> bool:
+    """A backend's own timeout or `_guard`'s. Clients' timeout errors do not all derive
+    from the builtin TimeoutError (redis-py's TimeoutError, botocore's ConnectTimeoutError),
+    so their names count too; a refused connection is never one."""
+    return isinstance(exc, TimeoutError) or any(
+        "Timeout" in cls.__name__ for cls in type(exc).__mro__
+    )

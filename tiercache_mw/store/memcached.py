@@ -47,11 +47,6 @@ log = logging.getLogger(__name__)
 CHUNK_BYTES = 512 * 1024
 MAX_CHUNKS = 64  # 32 MiB: larger entries are not worth spreading over a shared cache
 TIMEOUT = 0.5  # a down or stuck server costs a request at most this long
-# After a timeout, commands fail at once for this long: a stuck server (one that accepts
-# but never answers) would otherwise cost TIMEOUT per call, and a close draining thousands
-# of queued demotions into it would take an hour. A refused connect is cheap, so it is not
-# held against the server and a restarted one is used again at once.
-RETRY_AFTER_TIMEOUT = 1.0
 GENERATION_CACHE_SECONDS = 1.0
 _MAX_KEY_BYTES = 250
 _THIRTY_DAYS = 30 * 24 * 3600  # memcached reads a larger exptime as a unix timestamp
@@ -98,18 +93,10 @@ class MemcachedTier:
         self._client: aiomcache.Client | None = None
         self._generation: bytes | None = None
         self._generation_read = 0.0
-        self._timed_out_at = -math.inf
 
     # ---- connection ---------------------------------------------------------------------
 
     def _mc(self) -> aiomcache.Client:
-        # Every command asks for the client first, so the fail-fast check lives here.
-        since = time.monotonic() - self._timed_out_at
-        if since < RETRY_AFTER_TIMEOUT:
-            raise ConnectionError(
-                f"memcached {self.settings.host}:{self.settings.port} timed out {since:.1f} s "
-                f"ago; not asked again for {RETRY_AFTER_TIMEOUT - since:.1f} s"
-            )
         # Created on first use, inside the loop TierCache runs backends on.
         if self._client is None:
             self._client = _client_class()(self.settings.host, self.settings.port, pool_size=16)
@@ -119,17 +106,15 @@ class MemcachedTier:
         """Bound every command; on a fault drop the pool so the next call reconnects.
 
         aiomcache has no timeouts and returns a connection cut mid-reply to its pool,
-        so after a timeout or socket error the whole client is replaced.
+        so after a timeout or socket error the whole client is replaced. A stuck server
+        (accepts, never answers) would cost TIMEOUT per command: `TierCache._guard` skips
+        the tier for a moment after a timeout.
         """
         try:
             # asyncio.timeout, not wait_for: before 3.12 wait_for can drop a cancel.
             async with asyncio.timeout(TIMEOUT):
                 return await awaitable
-        except TimeoutError:
-            self._timed_out_at = time.monotonic()
-            await self._reset()
-            raise
-        except (OSError, asyncio.IncompleteReadError, EOFError):
+        except (OSError, TimeoutError, asyncio.IncompleteReadError, EOFError):
             await self._reset()
             raise
 

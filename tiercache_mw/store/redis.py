@@ -113,16 +113,19 @@ def make_client(settings: RedisConfig) -> Redis:
 
     redis-py's default is 10 retries with exponential backoff, which would hold a request
     for seconds on a down server; one retry is enough to replace a connection the server
-    closed on restart.
+    closed on restart. A timeout is not retried: a stuck server (one that accepts and never
+    answers) would make every timeout cost twice as long, and `TierCache._guard` skips the
+    backend for a moment after one.
     """
     from redis.asyncio import Redis
     from redis.asyncio.retry import Retry
     from redis.backoff import NoBackoff
+    from redis.exceptions import ConnectionError
 
     options: dict[str, Any] = {
         "socket_timeout": SOCKET_TIMEOUT,
         "socket_connect_timeout": CONNECT_TIMEOUT,
-        "retry": Retry(NoBackoff(), 1),
+        "retry": Retry(NoBackoff(), 1, supported_errors=(ConnectionError,)),
         "health_check_interval": 0,
     }
     if settings.password is not None:
