@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from tiercache_mw.config import Config, TierConfig, TrackingConfig, TtlRule
-from tiercache_mw.store.cache import TierCache
+from tiercache_mw.store.cache import DRAIN_BATCH, TierCache
 from tiercache_mw.store.entry import (
     ENTRY_OVERHEAD_BYTES,
     RESPONSE_OVERHEAD_BYTES,
@@ -574,6 +574,37 @@ async def test_a_burst_of_demotions_reaches_dry_in_batches(tmp_path: Path) -> No
         assert stats["dry_entries"] == 298  # all but the ones still in hot and cold
         assert hops < 100
         assert await cache.get("k0") == b"x" * 10
+    finally:
+        await cache.close()
+
+
+async def test_demotions_trickling_in_are_written_in_full_batches(tmp_path: Path) -> None:
+    """A demotion every millisecond, as under steady traffic, makes a pack of many rather
+    than one per wake-up of the drain; each waits in the queue, still served from there,
+    for about the linger."""
+    cache = TierCache(config(tmp_path, hot=entry_size(10), cold=entry_size(10)))
+    try:
+        await cache.start()
+        batches: list[int] = []
+        dry = cache.dry
+        assert isinstance(dry, LocalTier)
+        real_many = dry._write_many
+
+        def counting(entries: list[Entry]) -> list[BaseException | None]:
+            batches.append(len(entries))
+            return real_many(entries)
+
+        dry._write_many = counting  # type: ignore[method-assign]
+        demotions = 4 * DRAIN_BATCH
+        for n in range(demotions + 2):  # hot and cold keep one each
+            cache.put(cache.make_entry(f"k{n}", b"x" * 10, (), cache.residency_for(())))
+            assert await cache.get(f"k{n}") == b"x" * 10  # in a tier or in the queue
+            await asyncio.sleep(0.001)
+        stats = await settle(cache)
+        assert stats["dry_entries"] == demotions
+        assert sum(batches) == demotions
+        # One pack a wake-up would be about one a demotion: the linger gathers ~20 a pack.
+        assert len(batches) <= demotions // 8, batches
     finally:
         await cache.close()
 
