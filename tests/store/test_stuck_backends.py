@@ -222,3 +222,42 @@ async def test_a_refused_connection_opens_no_window(tmp_path: Path, error: Excep
     assert await cache._guard("cold", refused(), "default") == "default"
     # A restarted server is used again at once.
     assert await cache._guard("cold", asyncio.sleep(0, "answer"), "default") == "answer"
+
+
+async def test_after_the_window_one_call_tries_again_while_the_others_skip(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A call arriving while the probe waits on a still-stuck server does not wait too; the
+    probe's answer closes the window, its timeout opens a new one."""
+    monkeypatch.setattr(cache_module, "SKIP_AFTER_TIMEOUT", 0.05)
+    cache = bare_cache(tmp_path)
+    made: list[str] = []
+
+    async def call(name: str) -> str:
+        made.append(name)
+        return name
+
+    async def times_out() -> str:
+        raise TimeoutError("stuck")
+
+    await cache._guard("cold", times_out(), None)
+    await asyncio.sleep(0.06)
+    answer = asyncio.Event()
+
+    async def waits_for_the_server() -> str:
+        await answer.wait()
+        return "answer"
+
+    probe = asyncio.ensure_future(cache._guard("cold", waits_for_the_server(), "default"))
+    await asyncio.sleep(0)
+    assert await cache._guard("cold", call("meanwhile"), "default") == "default"
+    answer.set()
+    assert await probe == "answer"
+    # The window is closed: every call goes to the backend again.
+    assert await cache._guard("cold", call("next"), "default") == "next"
+
+    await cache._guard("cold", times_out(), None)
+    await asyncio.sleep(0.06)
+    assert await cache._guard("cold", times_out(), "default") == "default"  # the probe
+    assert await cache._guard("cold", call("in the new window"), "default") == "default"
+    assert made == ["next"]

@@ -262,6 +262,7 @@ class TierCache:
         self._logged: dict[str, float] = {}
         # name -> (when a call to it last timed out, that error): see `_guard`.
         self._timed_out: dict[str, tuple[float, str]] = {}
+        self._probing: set[str] = set()  # backends a call is trying again after their window
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> TierCache:
@@ -1071,31 +1072,44 @@ class TierCache:
         accepts connections and never answers, would cost every call its timeout, and close()
         draining thousands of demotions into it would take hours. A refused connection or
         another error opens no such window: it fails fast by itself, and a restarted server
-        is used again at once. `release` marks a call that only lets go of the client
-        (close): it is made even then, as skipping it would leave the client open and
-        bound to a loop about to stop.
+        is used again at once. Once the window has passed, one call tries the backend again
+        while the others keep skipping until it ends: its answer closes the window, its
+        timeout opens a new one (else every call arriving meanwhile would wait a timeout).
+        `release` marks a call that only lets go of the client (close): it is made even
+        then, as skipping it would leave the client open and bound to a loop about to stop.
         """
+        probe = False
         timed_out = self._timed_out.get(name)
         if timed_out is not None and not release:
             since = time.monotonic() - timed_out[0]
-            if since < SKIP_AFTER_TIMEOUT:
+            if since < SKIP_AFTER_TIMEOUT or name in self._probing:
                 if isinstance(awaitable, Coroutine):
                     awaitable.close()  # never started: no "was never awaited" warning
                 self._count_skip(name, since, timed_out[1])
                 return default
+            probe = True
+            self._probing.add(name)
         try:
             # Not asyncio.wait_for: before Python 3.12 it returns the result when a cancel
             # lands in the loop iteration the call completes in, and close() then waits
             # forever for a background task that never saw its cancel.
             async with asyncio.timeout(BACKEND_TIMEOUT):
-                return await awaitable
+                result = await awaitable
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             if _is_timeout(exc):
                 self._timed_out[name] = (time.monotonic(), f"{type(exc).__name__}: {exc}")
+            elif probe:
+                self._timed_out.pop(name, None)  # it answers, if only with an error
             self._count_error(name, exc)
             return default
+        finally:
+            if probe:
+                self._probing.discard(name)
+        if probe:
+            self._timed_out.pop(name, None)
+        return result
 
     def _count_error(self, name: str, exc: BaseException) -> None:
         if self._count(name):
