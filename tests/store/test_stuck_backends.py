@@ -113,6 +113,26 @@ async def test_a_stuck_cold_tier_costs_one_timeout_then_is_skipped_until_it_answ
 
 
 @pytest.mark.services
+@pytest.mark.parametrize("kind", ["memcached", "redis"])
+async def test_a_delete_in_the_window_still_reaches_a_server_that_answers_again(
+    tmp_path: Path, kind: str, private_servers: Callable[[str], ServerProcess], unique: str
+) -> None:
+    """One stall longer than the client's timeout opens the window; a delete made in it is
+    still sent, or another process would go on serving the deleted entry."""
+    server = private_servers(kind)
+    async with (
+        closing(make_cache(tmp_path / "a", server, unique)) as cache,
+        closing(make_cache(tmp_path / "b", server, unique)) as other,
+    ):
+        await cache.set("k", VALUE)  # written through to the shared cold tier
+        await settled(cache)
+        with stopped(server):
+            assert await cache.get("missing") is None  # the one timeout: the window opens
+        assert await cache.delete("k")
+        assert await other.get("k") is None
+
+
+@pytest.mark.services
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("kind", ["memcached", "redis"])
 async def test_close_with_many_demotions_queued_for_a_stuck_tier_stays_bounded(
@@ -188,9 +208,9 @@ async def test_a_timeout_opens_the_window_and_a_skipped_call_is_closed_unrun(
     assert inspect.getcoroutinestate(skipped) == inspect.CORO_CLOSED  # no "never awaited"
     assert cache._errors["cold"] == 2
     assert "skipped for 1 s" in caplog.text
-    # Another backend is not held to it, and a release (close) is still made.
+    # Another backend is not held to it, and a close (always made) still is.
     assert await cache._guard("dry", asyncio.sleep(0, "dry"), "default") == "dry"
-    assert await cache._guard("cold", asyncio.sleep(0, "closed"), None, release=True) == "closed"
+    assert await cache._guard("cold", asyncio.sleep(0, "closed"), None, always=True) == "closed"
 
 
 async def test_a_skip_is_logged_as_one_after_a_timeout(

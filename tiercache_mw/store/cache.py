@@ -29,6 +29,7 @@ import collections
 import contextlib
 import logging
 import math
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Coroutine, Iterable, Mapping
@@ -89,13 +90,15 @@ RESIDENCY_MEMO_MAX = 1024  # distinct per-call ttls that share a Residency
 
 
 class _Demotion:
-    """One entry on its way to `targets` (non-RAM tiers, written in order)."""
+    """One entry on its way to `targets` (non-RAM tiers, written in order); `urgent` when
+    the drain is not to linger for it (see `TierCache._enqueue`)."""
 
-    __slots__ = ("entry", "targets")
+    __slots__ = ("entry", "targets", "urgent")
 
-    def __init__(self, entry: Entry, targets: tuple[str, ...]) -> None:
+    def __init__(self, entry: Entry, targets: tuple[str, ...], urgent: bool) -> None:
         self.entry = entry
         self.targets = targets
+        self.urgent = urgent
 
 
 class _Write:
@@ -222,6 +225,7 @@ class TierCache:
         self._queue: collections.deque[_Demotion] = collections.deque()
         self._queue_lock = threading.Lock()
         self._queued_bytes = 0
+        self._queued_urgent = 0  # urgent moves in the queue
         budgets = [t.max_size_bytes for t in (config.hot, config.cold) if t.backend == "ram"]
         share = (
             sum(b for b in budgets if b is not None) * DEMOTION_QUEUE_BUDGET_SHARE
@@ -310,6 +314,9 @@ class TierCache:
         self._closing = False
         self._drain_event = asyncio.Event()
         self._hurry_event = asyncio.Event()
+        # A wake-up sent to a loop that has since closed (a close() cancelling the drain in
+        # its linger, or a put racing close) is lost: none is outstanding for these events.
+        self._wake_sent = self._hurry_sent = False
         self._tracking_lock = asyncio.Lock()
         self._drain_lock = asyncio.Lock()
         await self._guard("tracking", self.tracking.start(), None)
@@ -375,11 +382,11 @@ class TierCache:
             await self._guard("dry", self.dry.touch_read(), None)
         await self._flush_tracking()
         if self._bus is not None:
-            await self._guard("broadcast", self._bus.close(), None, release=True)
+            await self._guard("broadcast", self._bus.close(), None, always=True)
             self._bus = None
-        await self._guard("tracking", self.tracking.close(), None, release=True)
+        await self._guard("tracking", self.tracking.close(), None, always=True)
         for name in TIERS:
-            await self._guard(name, self._tier(name).close(), None, release=True)
+            await self._guard(name, self._tier(name).close(), None, always=True)
 
     def _stop_loop(self) -> None:
         with self._start_lock:
@@ -662,7 +669,10 @@ class TierCache:
         self._buffer.delete(keys)
 
     def _enqueue(self, entry: Entry, targets: tuple[str, ...]) -> None:
-        item = _Demotion(entry, targets)
+        # Only moves to the local dry tier linger, to be packed together: other processes
+        # see an entry in a shared tier only once it is there.
+        urgent = targets != _DRY_ONLY or not isinstance(self.dry, LocalTier)
+        item = _Demotion(entry, targets, urgent)
         size = entry.size
         with self._queue_lock:
             while self._queue and (
@@ -671,22 +681,31 @@ class TierCache:
             ):
                 old = self._queue.popleft()
                 self._queued_bytes -= old.entry.size
+                self._queued_urgent -= old.urgent
                 if self._pending.get(old.entry.key) is old:
                     del self._pending[old.entry.key]
                 self._dropped += 1
             self._queue.append(item)
             self._queued_bytes += size
+            self._queued_urgent += urgent
             self._pending[entry.key] = item
+            # No lingering either once a batch is there or the queue is half full by bytes
+            # (the linger must not make it drop moves).
+            hurry = (
+                urgent
+                or len(self._queue) >= DRAIN_BATCH
+                or 2 * self._queued_bytes > self._queue_max_bytes
+            )
         # One wake-up at a time of each kind: puts meanwhile send none.
-        if targets == _DRY_ONLY:
-            if not self._wake_sent:
-                self._wake_sent = True
+        if hurry:
+            if not self._hurry_sent:
+                self._hurry_sent = self._wake_sent = True
                 self._ensure_started()
-                self._loop.call_soon(self._wake_drain, False)
-        elif not self._hurry_sent:
-            self._hurry_sent = self._wake_sent = True
+                self._loop.call_soon(self._wake_drain, True)
+        elif not self._wake_sent:
+            self._wake_sent = True
             self._ensure_started()
-            self._loop.call_soon(self._wake_drain, True)
+            self._loop.call_soon(self._wake_drain, False)
 
     def _wake_drain(self, hurry: bool) -> None:
         if self._drain_event is None or self._hurry_event is None:
@@ -702,7 +721,7 @@ class TierCache:
         hurry = self._hurry_event
         while not self._closing:
             await self._drain_event.wait()
-            if len(self._queue) < DRAIN_BATCH and not hurry.is_set():
+            if not hurry.is_set():
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(DRAIN_LINGER):
                         await hurry.wait()
@@ -714,9 +733,9 @@ class TierCache:
                 self._drain_event.set()  # what is left waits its linger
 
     async def _drain_queue(self, *, whole: bool = True) -> bool:
-        """Write queued moves, every one (`whole`), or as long as a batch is full: the
-        trickle that arrives while a batch is written waits to make a batch of its own.
-        True when moves are left."""
+        """Write queued moves, every one (`whole`), or as long as a batch is full or an
+        urgent move waits: the trickle that arrives while a batch is written waits to make
+        a batch of its own. True when moves are left."""
         if self._drain_lock is None:
             self._drain_lock = asyncio.Lock()
         # One drainer at a time: close() waits for the move being written, then drains the rest.
@@ -726,13 +745,16 @@ class TierCache:
                 with self._queue_lock:
                     if not self._queue:
                         return False
-                    if not (whole or first or len(self._queue) >= DRAIN_BATCH):
+                    if not (
+                        whole or first or self._queued_urgent or len(self._queue) >= DRAIN_BATCH
+                    ):
                         return True
                     first = False
                     batch = [
                         self._queue.popleft() for _ in range(min(DRAIN_BATCH, len(self._queue)))
                     ]
                     self._queued_bytes -= sum(item.entry.size for item in batch)
+                    self._queued_urgent -= sum(item.urgent for item in batch)
                 dry = self.dry
                 if isinstance(dry, LocalTier):
                     to_dry = [item for item in batch if item.targets == _DRY_ONLY]
@@ -768,7 +790,7 @@ class TierCache:
                     del self._pending[key]
                 if write.deleted:
                     if written:
-                        await self._guard("dry", dry.delete(key), False)
+                        await self._guard("dry", dry.delete(key), False, always=True)
                     self._buffer.delete([key])
                 elif written:
                     self._buffer.set(item.entry, "dry")
@@ -800,7 +822,7 @@ class TierCache:
                 del self._pending[key]
             if write.deleted:
                 for name in written:
-                    await self._guard(name, self._tier(name).delete(key), False)
+                    await self._guard(name, self._tier(name).delete(key), False, always=True)
                 self._buffer.delete([key])
             elif written:
                 self._buffer.set(item.entry, written[0])
@@ -853,7 +875,7 @@ class TierCache:
                         del self._deleting[key]
         self._buffer.delete(keys)
         if publish and keys and self._bus is not None:
-            await self._guard("broadcast", self._bus.publish(keys), None)
+            await self._guard("broadcast", self._bus.publish(keys), None, always=True)
         return count
 
     async def _remove_key(self, key: str) -> bool:
@@ -868,7 +890,7 @@ class TierCache:
             tier = self._tier(name)
             if isinstance(tier, RamTier):
                 continue
-            if await self._guard(name, tier.delete(key), False):
+            if await self._guard(name, tier.delete(key), False, always=True):
                 removed = True
         return removed
 
@@ -881,7 +903,9 @@ class TierCache:
                 if ram is not None:
                     entries += ram.entries()
             for pairs in selectors:
-                tracked = await self._guard("tracking", self.tracking.keys_with_tags(pairs), [])
+                tracked = await self._guard(
+                    "tracking", self.tracking.keys_with_tags(pairs), [], always=True
+                )
                 found.update(dict.fromkeys(tracked))
                 wanted = set(pairs)
                 found.update((e.key, None) for e in entries if wanted <= set(e.tags))
@@ -905,13 +929,13 @@ class TierCache:
             if isinstance(tier, RamTier):
                 tier.clear()
             else:
-                await self._guard(name, tier.flush(), None)
+                await self._guard(name, tier.flush(), None, always=True)
         await self._flush_tracking()
         if names == TIERS:
-            await self._guard("tracking", self.tracking.clear(), None)
+            await self._guard("tracking", self.tracking.clear(), None, always=True)
         else:
             for name in names:
-                await self._guard("tracking", self.tracking.clear(name), None)
+                await self._guard("tracking", self.tracking.clear(name), None, always=True)
 
     # ---- background ----------------------------------------------------------------------
     async def _flush_tracking(self) -> None:
@@ -1063,7 +1087,7 @@ class TierCache:
 
     # ---- the fault boundary ----------------------------------------------------------------
     async def _guard(
-        self, name: str, awaitable: Awaitable[T], default: T, *, release: bool = False
+        self, name: str, awaitable: Awaitable[T], default: T, *, always: bool = False
     ) -> T:
         """Every backend call: an exception or a timeout is logged, counted, and a miss.
 
@@ -1075,12 +1099,14 @@ class TierCache:
         is used again at once. Once the window has passed, one call tries the backend again
         while the others keep skipping until it ends: its answer closes the window, its
         timeout opens a new one (else every call arriving meanwhile would wait a timeout).
-        `release` marks a call that only lets go of the client (close): it is made even
-        then, as skipping it would leave the client open and bound to a loop about to stop.
+        `always` marks a call made even in the window: a close (skipped, it would leave the
+        client open and bound to a loop about to stop) and a removal (a delete, flush or
+        purge skipped would leave other processes serving what was removed; they are rare
+        and asked for, so each may cost its timeout).
         """
         probe = False
         timed_out = self._timed_out.get(name)
-        if timed_out is not None and not release:
+        if timed_out is not None and not always:
             since = time.monotonic() - timed_out[0]
             if since < SKIP_AFTER_TIMEOUT or name in self._probing:
                 if isinstance(awaitable, Coroutine):
@@ -1145,9 +1171,16 @@ class TierCache:
 
 
 def _is_timeout(exc: BaseException) -> bool:
-    """A backend's own timeout or `_guard`'s. Clients' timeout errors do not all derive
-    from the builtin TimeoutError (redis-py's TimeoutError, botocore's ConnectTimeoutError),
-    so their names count too; a refused connection is never one."""
-    return isinstance(exc, TimeoutError) or any(
-        "Timeout" in cls.__name__ for cls in type(exc).__mro__
+    """A backend's own timeout or `_guard`'s; a refused connection is never one. The
+    clients' timeout errors that do not derive from the builtin TimeoutError are named one
+    by one (a name match would catch asyncpg's idle-session errors, which a server that
+    answers sends); their modules are looked up, not imported: a backend in use has them."""
+    if isinstance(exc, TimeoutError):
+        return True
+    redis_errors = sys.modules.get("redis.exceptions")
+    if redis_errors is not None and isinstance(exc, redis_errors.TimeoutError):
+        return True
+    botocore_errors = sys.modules.get("botocore.exceptions")
+    return botocore_errors is not None and isinstance(
+        exc, (botocore_errors.ConnectTimeoutError, botocore_errors.ReadTimeoutError)
     )
