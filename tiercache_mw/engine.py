@@ -548,14 +548,16 @@ class HttpCache:
         headers: Headers,
         cc: ResponseCacheControl,
         stored: StoredResponse,
+        request_headers: Headers | None = None,
     ) -> StoreVerdict:
         """RFC 9111 §3 for `stored`, built from `headers`: the one decision for a new
-        response and for one a 304 or HEAD has updated."""
+        response and for one a 304 or HEAD has updated (`request_headers`: the request's,
+        unless given)."""
         has_validator = stored.etag is not None or stored.last_modified is not None
         return decide_store(
             method,
             stored.status,
-            exchange.request.headers,
+            exchange.request.headers if request_headers is None else request_headers,
             headers,
             cc,
             req_cc=exchange.req_cc,
@@ -581,9 +583,16 @@ class HttpCache:
         verdict = self._may_store(exchange, "GET", headers, cc, updated)
         if verdict.store:
             self.cache.put(self.cache.make_entry(exchange.key, updated, tags, residency))
-        elif verdict.reason != REQUEST_AUTHORIZED:
-            self._forget(exchange.key)
-            self.mark_not_storable(exchange)
+            return
+        if verdict.reason == REQUEST_AUTHORIZED:
+            # §3.5 is checked first: would the merged response itself stay storable?
+            anonymous = [
+                field for field in exchange.request.headers if field[0] != b"authorization"
+            ]
+            if self._may_store(exchange, "GET", headers, cc, updated, anonymous).store:
+                return
+        self._forget(exchange.key)
+        self.mark_not_storable(exchange)
 
     def _forget(self, key: str) -> None:
         """Remove `key` (the entry's own key: its variant key when the URL varies, so the

@@ -32,15 +32,20 @@ UNSTORABLE_304_FIELDS = [
 ]
 
 
+@pytest.mark.parametrize("authorization", [None, "Bearer alice"], ids=["anonymous", "authorized"])
 @pytest.mark.parametrize("extra", UNSTORABLE_304_FIELDS)
 async def test_304_making_the_response_unstorable_is_sent_but_not_stored(
-    cache: Harness, extra: dict[str, str]
+    cache: Harness, extra: dict[str, str], authorization: str | None
 ) -> None:
-    """§3, §5.2.2.7: the response a 304 updated is stored again only if it may be stored."""
+    """§3, §5.2.2.7: the response a 304 updated is stored again only if it may be stored;
+    a request with Authorization (§3.5, checked first) does not keep it stored either."""
     cache.script("/p", page_or_304(extra))
     await cache.get("/p")
     cache.clock.advance(20)
-    alice = await cache.get("/p", cookie="session=ALICE")
+    fields = {"cookie": "session=ALICE"}
+    if authorization is not None:
+        fields["authorization"] = authorization
+    alice = await cache.get("/p", **fields)
     assert alice.status_code == 200
     assert alice.content == b"page"
     assert status_of(alice) == "tiercache; fwd=stale; fwd-status=304"
