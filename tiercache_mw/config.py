@@ -947,5 +947,6 @@ def _bytes(value: int | None) -> str:
 
 def _mask(text: str) -> str:
     """`text` with the password of a URL (``//user:***@``) or of a key=value DSN hidden."""
-    text = re.sub(r"(//[^:/@]*:)[^@/]*@", r"\1***@", text)
-    return re.sub(r"(password\s*=\s*)\S+", r"\1***", text, flags=re.IGNORECASE)
+    # To the last "@": a password may hold "@" or "/" (unquoted, as in a malformed URL).
+    text = re.sub(r"(//[^:/@]*:).*@", r"\1***@", text)
+    return re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", text, flags=re.IGNORECASE)
