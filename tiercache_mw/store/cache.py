@@ -75,7 +75,7 @@ DEMOTION_QUEUE_MAX_BYTES = 256 << 20
 # against 1.1 ms at 16) for no CPU saved (0.55-0.58 of a core against 0.58).
 DRAIN_BATCH = 16
 # A drain woken for moves to the local dry tier waits this long for more before it writes,
-# unless a batch is there already or a move for a shared tier is queued: a pack costs an
+# unless a batch, a half-full queue or a move for a shared tier waits: a pack costs an
 # inode (~0.7 ms of kernel time on the bench VM's ext4) and a batch two thread hops, so one
 # pack per wake-up (~5 entries at 5,000 demotions/s) took 0.9 of a core where full batches
 # take 0.58. Waiting moves are served from the queue; close() does not wait.
@@ -246,8 +246,8 @@ class TierCache:
         self._wake_sent = False
         self._hurry_sent = False
         self._drain_event: asyncio.Event | None = None
-        # Set when a move bound for a shared tier is queued: the drain writes without its
-        # linger, since other processes see an entry only once it is there.
+        # Set when the drain is not to linger: a move for a shared tier (other processes see
+        # an entry only once it is there), a full batch or a half-full queue (`_enqueue`).
         self._hurry_event: asyncio.Event | None = None
         self._tracking_lock: asyncio.Lock | None = None
         self._drain_lock: asyncio.Lock | None = None
