@@ -120,12 +120,12 @@ def make_client(settings: RedisConfig) -> Redis:
     from redis.asyncio import Redis
     from redis.asyncio.retry import Retry
     from redis.backoff import NoBackoff
-    from redis.exceptions import ConnectionError
+    from redis.exceptions import ConnectionError as RedisConnectionError
 
     options: dict[str, Any] = {
         "socket_timeout": SOCKET_TIMEOUT,
         "socket_connect_timeout": CONNECT_TIMEOUT,
-        "retry": Retry(NoBackoff(), 1, supported_errors=(ConnectionError,)),
+        "retry": Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
         "health_check_interval": 0,
     }
     if settings.password is not None:
