@@ -281,3 +281,27 @@ async def test_after_the_window_one_call_tries_again_while_the_others_skip(
     assert await cache._guard("cold", times_out(), "default") == "default"  # the probe
     assert await cache._guard("cold", call("in the new window"), "default") == "default"
     assert made == ["next"]
+
+
+async def test_a_timeout_in_the_dry_trim_does_not_have_the_dry_tier_skipped(tmp_path: Path) -> None:
+    """An S3 dry tier's trim asks the tracking index: a stuck index times the trim out, and
+    that must not make every dry read a miss for the next second."""
+    cache = TierCache.from_dict(
+        {
+            "dry_cache": {"path": str(tmp_path / "dry"), "max_size_gb": 1},
+            "tracking": {"path": str(tmp_path / "index.db")},
+        }
+    )
+
+    async def trim_behind_a_stuck_index(max_bytes: int, tracking: object) -> int:
+        raise TimeoutError("tracking index stuck")
+
+    async with closing(cache):
+        await cache.start()
+        cache.dry.trim = trim_behind_a_stuck_index  # type: ignore[attr-defined]  # as S3's
+        cache._dry_dirty = True
+        await cache._loop.run_async(cache._sweep())
+        assert "dry" not in cache._timed_out
+        stats = await cache.stats()
+        assert stats["dry_trim_errors"] == 1
+        assert stats["dry_errors"] == 0

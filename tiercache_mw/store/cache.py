@@ -1000,7 +1000,9 @@ class TierCache:
         if self._dry_dirty and trim is not None and max_bytes is not None:
             self._dry_dirty = False
             await self._flush_tracking()
-            await self._guard("dry", trim(max_bytes, self.tracking), 0)
+            # Its own name at the fault boundary: the trim asks the tracking index as much as
+            # the dry tier, and a stuck index must not have the dry tier's reads skipped.
+            await self._guard("dry_trim", trim(max_bytes, self.tracking), 0)
 
     async def _stats(self) -> dict[str, Any]:
         stats: dict[str, Any] = {
@@ -1019,7 +1021,7 @@ class TierCache:
             stats[f"{name}_entries"] = tier_stats.entries
             stats[f"{name}_size_bytes"] = tier_stats.size_bytes
             stats[f"{name}_backend"] = getattr(getattr(self.config, name), "backend", "")
-        for name in (*TIERS, "tracking", "broadcast"):
+        for name in (*TIERS, "tracking", "broadcast", "dry_trim"):
             stats[f"{name}_errors"] = self._errors[name]
         return stats
 
