@@ -259,7 +259,7 @@ class CacheMiddleware:
                 return
             await self._forward(exchange, scope, receive, send)
             return
-        if _forwards_a_range(exchange):
+        if exchange.forwards_a_range:
             # Its answer is a part, never stored: requests waiting on it would wait for nothing.
             await self._forward(exchange, scope, receive, send)
             return
@@ -356,7 +356,7 @@ class CacheMiddleware:
                 decision = engine.on_response(exchange, response_status, response_headers)
                 if decision.plan is ResponsePlan.RETRY:
                     return  # the app is asked again once it has finished this response
-                storing = decision.plan in _STORING
+                storing = decision.plan.stores
                 if not storing:
                     release()  # nothing to wait for: any update of the entry is stored now
                 if decision.plan is ResponsePlan.SERVE_STORED:
@@ -463,17 +463,6 @@ class CacheMiddleware:
             logger.warning("background refresh failed for %s", exchange.url, exc_info=True)
         finally:
             self._refreshing.discard(exchange.key)
-
-
-_STORING = frozenset({ResponsePlan.STORE, ResponsePlan.STORE_THEN_ANSWER})
-
-
-def _forwards_a_range(exchange: Exchange) -> bool:
-    """Does the request sent to the app ask for a part? (Validation sends it without one.)"""
-    headers = exchange.forward_headers
-    if headers is None:
-        headers = exchange.request.headers
-    return any(name == b"range" for name, _ in headers)
 
 
 def _empty_body_then(receive: Receive) -> Receive:

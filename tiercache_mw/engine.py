@@ -125,6 +125,13 @@ class Exchange:
     # the client's conditions are answered from it (`HttpCache.answer_from_stored`).
     answer_from_store: bool = False
 
+    @property
+    def forwards_a_range(self) -> bool:
+        """Does the request sent to the app ask for a part? (Validation sends it without
+        one.) Its answer is never stored, so no request is collapsed onto it."""
+        headers = self.request.headers if self.forward_headers is None else self.forward_headers
+        return any(name == b"range" for name, _ in headers)
+
 
 @dataclass(slots=True)
 class Reply:
@@ -146,6 +153,11 @@ class ResponsePlan(enum.Enum):
     # Drop the app's response and call it again with `exchange.forward_headers`: it answered
     # the cache's validators with a 304 for another representation (RFC 9111 §4.3.4).
     RETRY = "retry"
+
+    @property
+    def stores(self) -> bool:
+        """The app's body is kept for the store."""
+        return self is ResponsePlan.STORE or self is ResponsePlan.STORE_THEN_ANSWER
 
     @property
     def replaces_response(self) -> bool:

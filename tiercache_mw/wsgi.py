@@ -201,7 +201,7 @@ class WSGICacheMiddleware:
         if exchange.request.method != "GET":
             return self._forward(exchange, environ, start_response)  # a HEAD stores nothing
         key = exchange.key
-        leads = not _forwards_a_range(exchange)  # a part is never stored: nothing to wait for
+        leads = not exchange.forwards_a_range  # a part is never stored: nothing to wait for
         with self._inflight_lock:
             inflight = self._inflight.get(key)
             if inflight is None and leads:
@@ -350,7 +350,7 @@ class _Forward:
         self.kept = 0
         self.held = None
         plan = self.decision.plan
-        self.storing = plan is ResponsePlan.STORE or plan is ResponsePlan.STORE_THEN_ANSWER
+        self.storing = plan.stores
         self.answering = plan is ResponsePlan.STORE_THEN_ANSWER
         if not self.storing and plan is not ResponsePlan.RETRY:
             self.release()  # nothing to wait for: any update of the entry is stored now
@@ -499,14 +499,6 @@ class _ForwardedBody:
         finally:
             self._forward._close(self._result)
             self._forward.release()
-
-
-def _forwards_a_range(exchange: Exchange) -> bool:
-    """Does the request sent to the app ask for a part? (Validation sends it without one.)"""
-    headers = exchange.forward_headers
-    if headers is None:
-        headers = exchange.request.headers
-    return any(name == b"range" for name, _ in headers)
 
 
 def _chain(first: bytes | None, rest: Iterator[bytes]) -> Iterator[bytes]:
